@@ -1,0 +1,243 @@
+"""The ``dtp-fast`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to train")
+    g.add_argument("--preset", default=None,
+                   help="network and default settings: simple_vgg, lenet or mlp (default simple_vgg); "
+                        "`--list-presets` shows them")
+    g.add_argument("--list-presets", action="store_true", help="list the presets and their settings, then exit")
+    g.add_argument("--dataset", default=None,
+                   help="digits (embedded, no download; the default) or cifar10 (needs --data)")
+    g.add_argument("--data", default=None,
+                   help="where the data set lives: for cifar10 the cifar-10-batches-py folder, an ImageFolder "
+                        "tree (train/<class>/*.jpg, test/<class>/...) or a .tar.gz of one; "
+                        "default: $DTP_FAST_DATA")
+    g.add_argument("--algo", choices=["ldrl", "bp"], default=None,
+                   help="ldrl: DTP with L-DRL feedback training (default); bp: backprop baseline")
+    g.add_argument("--channels", type=_int_list, default=None,
+                   help="conv channels per block, comma-separated (simple_vgg, lenet)")
+    g.add_argument("--hidden", type=_int_list, default=None, help="hidden widths, comma-separated (mlp)")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=None, help="number of epochs")
+    g.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    g.add_argument("--limit-batches", type=int, default=None,
+                   help="train on at most this many batches per epoch (quick checks)")
+    g.add_argument("--lr", type=float, default=None, help="forward SGD learning rate")
+    g.add_argument("--momentum", type=float, default=None, help="forward SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=None, help="forward SGD weight decay")
+    g.add_argument("--t-max", type=int, default=None,
+                   help="period of the cosine learning-rate schedule in epochs (default: --epochs)")
+    g.add_argument("--eta-min", type=float, default=None, help="final learning rate of the cosine schedule")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random flip + edge-padded crop of the training images (default: on for cifar10)")
+
+    g = p.add_argument_group("DTP / L-DRL (per-layer values: one per trained feedback layer, comma-separated, "
+                             "or one for all)")
+    g.add_argument("--beta", type=float, default=None, help="step size of the first target")
+    g.add_argument("--feedback-iters", type=_int_list, default=None, help="feedback SGD steps per batch, per layer")
+    g.add_argument("--feedback-lr", type=_float_list, default=None, help="feedback SGD learning rate, per layer")
+    g.add_argument("--noise", type=_float_list, default=None, help="L-DRL noise sigma, per layer")
+    g.add_argument("--feedback-momentum", type=float, default=None, help="feedback SGD momentum (default 0.9)")
+    g.add_argument("--feedback-samples", type=int, default=None, help="noise samples per feedback iteration")
+    g.add_argument("--backend", default=None,
+                   help="feedback backend: auto (fastest usable) or a name from `dtp-fast info`")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", choices=["float32", "float64"], default=None, help="floating-point type")
+    g.add_argument("--seed", type=int, default=None, help="seed for initialisation, data order and noise")
+    g.add_argument("--out", default=None,
+                   help="output folder for metrics.jsonl, summary.json and checkpoint.pt "
+                        "(default runs/<preset>-<dataset>-<algo>-seed<seed>)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (settings come from that run's "
+                        "config.json unless given again)")
+    g.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", default=None,
+                   help="skip the alignment angles after each epoch")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar or per-epoch lines")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+_RUN_KEYS = ("preset", "dataset", "data")
+_SETTING_KEYS = ("algo", "channels", "hidden", "epochs", "batch_size", "limit_batches", "lr", "momentum",
+                 "weight_decay", "t_max", "eta_min", "augment", "beta", "feedback_iters", "feedback_lr", "noise",
+                 "feedback_momentum", "feedback_samples", "backend", "device", "dtype", "seed", "diagnostics",
+                 "progress")
+
+
+def _list_presets() -> None:
+    from .presets import PRESETS
+    for p in PRESETS.values():
+        print(f"{p.name}: {p.description}")
+        for ds, s in p.settings.items():
+            print(f"  {ds}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+
+
+def cmd_train(args) -> int:
+    from .api import make_run
+    from .utils import atomic_write_json
+
+    if args.list_presets:
+        _list_presets()
+        return 0
+    given = {k: getattr(args, k) for k in _RUN_KEYS + _SETTING_KEYS if getattr(args, k) is not None}
+    if args.resume:
+        if args.out is None:
+            raise SystemExit("error: --resume needs --out, the folder of the run to continue")
+        saved = Path(args.out) / "config.json"
+        if saved.exists():
+            given = {**json.loads(saved.read_text()), **given}
+    run = {"preset": "simple_vgg", "dataset": "digits", "data": None, "seed": 0, "algo": "ldrl", **given}
+    out = Path(args.out or f"runs/{run['preset']}-{run['dataset']}-{run['algo']}-seed{run['seed']}")
+    trainer = make_run(run.pop("preset"), run.pop("dataset"), run.pop("data"), out=out, resume=args.resume,
+                       **run)
+    atomic_write_json({k: v for k, v in given.items() if k not in ("progress",)}
+                      | {"preset": trainer.info["preset"], "dataset": trainer.info["dataset"]},
+                      out / "config.json")
+    summary = trainer.fit()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(s: dict, out) -> None:
+    top5 = f", top-5 {s['test_top5']:.4f}" if s.get("test_top5") is not None else ""
+    print(f"{s['algo']} on {s['dataset']} ({s.get('preset')}, backend {s['backend']}, {s['device']}): "
+          f"test accuracy {s['test_accuracy']:.4f}{top5} after {s['epochs']} epochs; "
+          f"{s['images_per_second']:.0f} img/s, feedback {s['feedback_seconds']:.1f} s, "
+          f"forward {s['forward_seconds']:.1f} s")
+    for name, a in s.get("alignment", {}).items():
+        print(f"  {name}: angle(G, F^T) {a['angle_deg']:.1f} deg, distance {a['distance']:.3f}")
+    print(f"  written to {out}/ (summary.json, metrics.jsonl, checkpoint.pt)")
+
+
+def cmd_demo(args) -> int:
+    """L-DRL and backprop side by side on the embedded digits, same network and trainer."""
+    from .api import train
+
+    out = Path(args.out)
+    results = {}
+    for algo in ("ldrl", "bp"):
+        run_dir = out / algo
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        print(f"== {algo}: preset {args.preset} on digits ==", flush=True)
+        results[algo] = train(args.preset, "digits", algo=algo, out=run_dir, seed=args.seed, epochs=args.epochs,
+                              backend=args.backend, device=args.device, progress=not args.quiet)
+    print()
+    print(f"{'algo':<6} {'test acc':>9} {'epochs':>7} {'img/s':>8} {'feedback s':>11} {'forward s':>10}")
+    for algo, s in results.items():
+        print(f"{algo:<6} {s['test_accuracy']:>9.4f} {s['epochs']:>7} {s['images_per_second']:>8.0f} "
+              f"{s['feedback_seconds']:>11.1f} {s['forward_seconds']:>10.1f}")
+    gap = results["bp"]["test_accuracy"] - results["ldrl"]["test_accuracy"]
+    print(f"L-DRL {100 * results['ldrl']['test_accuracy']:.2f}% vs backprop "
+          f"{100 * results['bp']['test_accuracy']:.2f}% (gap {100 * gap:+.2f} points); runs in {out}/")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from . import _ext
+    from .feedback import available_backends
+    from .utils import versions
+
+    devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
+    info = {
+        "versions": versions(),
+        "devices": {d: (torch.cuda.get_device_name(d) if d.startswith("cuda") else "cpu") for d in devices},
+        "compiled_extension": {"available": _ext.available(), "reason": _ext.load_error(),
+                               "build": _ext.build_info()},
+        "backends": {d: {name: {"usable": ok, "note": why} for name, (ok, why) in available_backends(d).items()}
+                     for d in devices},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for k, v in info["versions"].items():
+        print(f"{k:>10}: {v}")
+    print(f"{'devices':>10}: " + ", ".join(f"{d} ({n})" for d, n in info["devices"].items()))
+    ext = info["compiled_extension"]
+    print(f"{'dtp_fast._C':>10}: " + (f"built ({json.dumps(ext['build'])})" if ext["available"]
+                                       else f"not usable: {ext['reason']}"))
+    for d, backends in info["backends"].items():
+        for name, b in backends.items():
+            print(f"  backend {name:<10} on {d:<7}: {'usable' if b['usable'] else 'NOT usable'} ({b['note']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dtp-fast",
+        description="Difference Target Propagation with L-DRL feedback training (Ernoult et al., ICML 2022).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a preset network with L-DRL or backprop",
+                       description="Train a preset network with DTP/L-DRL or the backprop baseline. Settings "
+                                   "default to the preset's for the data set; any flag overrides them.")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("demo", help="L-DRL and backprop side by side on the embedded digits",
+                       description="Train the same network with L-DRL and with backprop on the embedded "
+                                   "handwritten digits and print both accuracies.")
+    p.add_argument("--preset", default="simple_vgg", help="network preset (default simple_vgg)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+    p.add_argument("--backend", default="auto", help="feedback backend (default auto)")
+    p.add_argument("--device", default="auto", help="device (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--out", default="runs/demo", help="output folder; its ldrl/ and bp/ are replaced")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("info", help="versions, devices, compiled kernels and usable backends",
+                       description="Show versions, devices, whether the compiled extension is usable, and which "
+                                   "feedback backends can run on each device (and why not).")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    import os
+
+    from .feedback import BackendUnavailableError
+    from .trainer import NonFiniteLossError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, NonFiniteLossError, BackendUnavailableError) as err:
+        if os.environ.get("DTP_FAST_DEBUG"):
+            raise
+        print(f"dtp-fast: error: {err}", file=sys.stderr)
+        return 3 if isinstance(err, NonFiniteLossError) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The feedback engine: trains every feedback layer G_1 .. G_{N-1} for one batch.
+
+One entry point, :func:`train_feedback`, and a registry of backends that
+implement it. All backends share the hyperparameters (:class:`FeedbackConfig`),
+the optimiser state (:class:`FeedbackState`, plain momentum buffers, so a run
+can switch backends or resume) and the noise source (:mod:`dtp_fast.noise`).
+"""
+from __future__ import annotations
+
+from .engine import (
+    BackendUnavailableError,
+    FeedbackConfig,
+    FeedbackState,
+    LayerHParams,
+    available_backends,
+    get_backend,
+    momentum_sgd_,
+    register_backend,
+    resolve_backend,
+    train_feedback,
+)
+from .reference import ReferenceBackend, ldrl_loss  # registers the backend
+
+__all__ = [
+    "BackendUnavailableError",
+    "FeedbackConfig",
+    "FeedbackState",
+    "LayerHParams",
+    "ReferenceBackend",
+    "available_backends",
+    "get_backend",
+    "ldrl_loss",
+    "momentum_sgd_",
+    "register_backend",
+    "resolve_backend",
+    "train_feedback",
+]

@@ -1,0 +1,348 @@
+"""The training loop shared by L-DRL (DTP) and the backprop baseline."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .data import Dataset, Loader
+from .diagnostics import gradient_alignment, weight_alignment
+from .dtp import bp_loss, dtp_loss
+from .feedback import FeedbackConfig, FeedbackState, resolve_backend, train_feedback
+from .noise import CounterNoise, NoiseSource
+from .utils import Stopwatch, atomic_save, atomic_write_json, resolve_device, versions
+
+__all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+ALGOS = ("ldrl", "bp")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; training stopped and no checkpoint was written."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (besides the network and the data).
+
+    Per-layer feedback settings (``feedback_iters``, ``feedback_lr``, ``noise``)
+    take one value per trainable feedback layer, in forward order, or a single
+    value for all of them.
+    """
+    algo: str = "ldrl"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    t_max: int | None = None          # cosine period in epochs; None: the number of epochs
+    eta_min: float = 1e-5
+    beta: float = 0.7
+    feedback_iters: int | Sequence[int] = 10
+    feedback_lr: float | Sequence[float] = 1e-3
+    noise: float | Sequence[float] = 0.1
+    feedback_momentum: float = 0.9
+    feedback_samples: int = 1
+    backend: str = "auto"
+    device: str = "auto"
+    dtype: str = "float32"
+    seed: int = 0
+    limit_batches: int | None = None
+    augment: bool | None = None       # None: the data set's default
+    diagnostics: bool = True          # alignment angles after every epoch
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.limit_batches is not None and self.limit_batches < 1:
+            raise ValueError(f"limit_batches must be >= 1, got {self.limit_batches}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def feedback_config(self) -> FeedbackConfig:
+        return FeedbackConfig(iterations=self.feedback_iters, lr=self.feedback_lr, noise=self.noise,
+                              momentum=self.feedback_momentum, samples=self.feedback_samples)
+
+
+def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    k = min(k, logits.shape[1])
+    return int((logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
+
+
+class Trainer:
+    """Trains a :class:`~dtp_fast.DTPNet` with L-DRL/DTP or backprop.
+
+    Args:
+        net: the network (forward and feedback blocks).
+        dataset: a :class:`~dtp_fast.data.Dataset`.
+        config: a :class:`TrainConfig`.
+        out: a folder for ``metrics.jsonl``, ``summary.json`` and the
+            checkpoint (optional).
+        resume: continue from ``out/checkpoint.pt``.
+        noise: override the noise source (default: counter-based, from the seed).
+        info: extra fields for the summary (preset, data set name, ...).
+    """
+
+    def __init__(self, net, dataset: Dataset, config: TrainConfig | None = None, *, out=None,
+                 resume: bool = False, noise: NoiseSource | None = None, info: dict | None = None):
+        self.config = config = config or TrainConfig()
+        config.validate()
+        self.device = resolve_device(config.device)
+        self.dtype = getattr(torch, config.dtype)
+        if tuple(dataset.in_shape) != tuple(net.in_shape):
+            raise ValueError(f"the data set's images have shape {tuple(dataset.in_shape)} but the network expects "
+                             f"{tuple(net.in_shape)}: build the network for this data set")
+        if dataset.num_classes != net.num_classes:
+            raise ValueError(f"the data set has {dataset.num_classes} classes but the network outputs "
+                             f"{net.num_classes}")
+        self.net = net.to(device=self.device, dtype=self.dtype)
+        self.dataset = dataset
+        self.info = dict(info or {})
+        self.out = Path(out) if out is not None else None
+        if config.algo == "ldrl":
+            self.backend = resolve_backend(config.backend, self.device)
+            self.fb_hparams = config.feedback_config().resolve(net.feedback_names)
+        else:
+            self.backend = None
+            self.fb_hparams = None
+        self.fb_state = FeedbackState()
+        self.noise = noise or CounterNoise(config.seed)
+        self.optimizer = torch.optim.SGD(list(net.forward_parameters()), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=config.t_max or config.epochs, eta_min=config.eta_min)
+        loader_kw = dict(device=self.device, dtype=self.dtype, seed=config.seed)
+        self.train_loader = Loader(dataset, "train", config.batch_size, augment=config.augment,
+                                   limit_batches=config.limit_batches, **loader_kw)
+        self.test_loader = Loader(dataset, "test", max(config.batch_size, 256), **loader_kw)
+        self.epoch = 0          # completed epochs
+        self.step = 0           # completed training steps (batches)
+        self.history: list[dict] = []
+        self.totals = {"train_seconds": 0.0, "feedback_seconds": 0.0, "forward_seconds": 0.0, "images": 0}
+        if resume:
+            self._resume()
+        elif self.out is not None and (self.out / CHECKPOINT_NAME).exists():
+            raise FileExistsError(f"{self.out} already holds a run ({CHECKPOINT_NAME}); pass resume=True "
+                                  f"(--resume) to continue it, or choose another output folder")
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out / CHECKPOINT_NAME if self.out is not None else None
+
+    def state_dict(self) -> dict:
+        return {
+            "format": 1, "epoch": self.epoch, "step": self.step,
+            "config": dataclasses.asdict(self.config), "info": self.info,
+            "net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "feedback_state": self.fb_state.state_dict(),
+            "history": self.history, "totals": self.totals,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.out is not None:
+            atomic_save(self.state_dict(), self.checkpoint_path)
+
+    def _resume(self) -> None:
+        path = self.checkpoint_path
+        if path is None:
+            raise ValueError("resume needs an output folder that holds a checkpoint")
+        if not path.exists():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as err:
+            raise RuntimeError(f"cannot resume: the checkpoint {path} is unreadable ({err})") from err
+        if ckpt.get("config", {}).get("algo") != self.config.algo:
+            raise ValueError(f"cannot resume: {path} was trained with algo={ckpt['config'].get('algo')!r}, "
+                             f"not {self.config.algo!r}")
+        try:
+            self.net.load_state_dict(ckpt["net"])
+        except RuntimeError as err:
+            raise ValueError(f"cannot resume: {path} was written for a different network: {err}") from err
+        changed = {k: (v, getattr(self.config, k)) for k, v in ckpt["config"].items()
+                   if k not in ("epochs", "progress", "device", "backend") and getattr(self.config, k, v) != v}
+        if changed:
+            warnings.warn(f"resuming with settings that differ from the checkpoint's: "
+                          + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.fb_state.load_state_dict(ckpt["feedback_state"])
+        self.epoch, self.step = ckpt["epoch"], ckpt["step"]
+        self.history, self.totals = list(ckpt["history"]), dict(ckpt["totals"])
+        # metrics written after the checkpoint (an interrupted epoch) are dropped
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():
+            keep = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("epoch", 0) <= self.epoch]
+            metrics.write_text("".join(line + "\n" for line in keep))
+
+    # ------------------------------------------------------------------ steps
+    def _check_finite(self, value: torch.Tensor | float, what: str, batch: int) -> None:
+        if not math.isfinite(float(value)):
+            last = (f"the last good checkpoint ({self.checkpoint_path}, after epoch {self.epoch}) is intact"
+                    if self.checkpoint_path is not None and self.checkpoint_path.exists()
+                    else "no checkpoint was written")
+            raise NonFiniteLossError(
+                f"{what} is {float(value)} at epoch {self.epoch + 1}, batch {batch + 1} (step {self.step}); "
+                f"training stopped and {last}. Lower the learning rates (lr, feedback_lr) or the noise.")
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, watch: Stopwatch, batch: int = 0) -> dict:
+        """One training step on a batch. Returns the loss, correct count and feedback stats."""
+        self.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {}
+        if self.config.algo == "ldrl":
+            with watch("forward"):
+                acts, switches = self.net.activations(x, detach_inputs=True)
+            with watch("feedback"), torch.no_grad():
+                stats = train_feedback(self.net, acts, switches, self.fb_hparams, self.fb_state, self.noise,
+                                       self.step, backend=self.backend, report="last")
+            for name, s in stats.items():
+                if s["loss"] is not None:
+                    self._check_finite(s["loss"], f"the feedback loss of layer {name!r}", batch)
+            with watch("forward"):
+                loss, logits = dtp_loss(self.net, x, y, self.config.beta, acts, switches)
+                self._check_finite(loss, "the DTP loss", batch)
+                loss.backward()
+                self.optimizer.step()
+        else:
+            with watch("forward"):
+                loss, logits = bp_loss(self.net, x, y)
+                self._check_finite(loss, "the cross-entropy loss", batch)
+                loss.backward()
+                self.optimizer.step()
+        self.step += 1
+        return {"loss": float(loss), "correct": int((logits.argmax(1) == y).sum()), "feedback": stats}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Top-1 (and top-5 with more than 5 classes) accuracy and mean cross-entropy on the test split."""
+        self.net.eval()
+        n = correct = correct5 = 0
+        loss = 0.0
+        for x, y in self.test_loader:
+            logits = self.net(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += _topk_correct(logits, y, 1)
+            correct5 += _topk_correct(logits, y, 5)
+            n += len(y)
+        out = {"test_accuracy": correct / n, "test_loss": loss / n}
+        if self.net.num_classes > 5:
+            out["test_top5"] = correct5 / n
+        return out
+
+    def diagnostics(self) -> dict:
+        """Weight alignment of the feedback layers and the DTP/backprop gradient angles on a test batch."""
+        x, y = next(iter(self.test_loader))
+        x, y = x[:256], y[:256]
+        out = {"alignment": weight_alignment(self.net) if self.config.algo == "ldrl" else {}}
+        out["gradient_angle_deg"] = gradient_alignment(self.net, x, y)
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def train_epoch(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        self.train_loader.set_epoch(self.epoch)
+        watch = Stopwatch(self.device)
+        lr = self.optimizer.param_groups[0]["lr"]
+        n = correct = 0
+        loss_sum = 0.0
+        fb_loss: dict = {}
+        bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not cfg.progress, dynamic_ncols=True, leave=False)
+        t0 = time.perf_counter()
+        for b, (x, y) in enumerate(self.train_loader):
+            r = self.train_step(x, y, watch, b)
+            n += len(y)
+            correct += r["correct"]
+            loss_sum += r["loss"] * len(y)
+            for name, s in r["feedback"].items():
+                if s["loss"] is not None:
+                    fb_loss[name] = s["loss"]
+            bar.update(1)
+            if b % 5 == 0 or b == len(self.train_loader) - 1:
+                fb, fw = watch.get("feedback"), watch.get("forward")
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix_str(f"loss {loss_sum / n:.3f}  acc {correct / n:.3f}  {n / elapsed:.0f} img/s  "
+                                    f"feedback {100 * fb / max(fb + fw, 1e-9):.0f}% / forward "
+                                    f"{100 * fw / max(fb + fw, 1e-9):.0f}%")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        self.scheduler.step()
+        self.epoch += 1
+        for key, v in (("train_seconds", seconds), ("feedback_seconds", watch.get("feedback")),
+                       ("forward_seconds", watch.get("forward")), ("images", n)):
+            self.totals[key] += v
+        return {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": loss_sum / n,
+                "train_accuracy": correct / n, "epoch_seconds": seconds,
+                "feedback_seconds": watch.get("feedback"), "forward_seconds": watch.get("forward"),
+                "images_per_second": n / seconds, "feedback_loss": fb_loss}
+
+    def fit(self) -> dict:
+        """Train for the configured number of epochs (from where a resumed run left off)
+        and return the summary (also written to ``out/summary.json``)."""
+        while self.epoch < self.config.epochs:
+            record = self.train_epoch()
+            record.update(self.evaluate())
+            if self.config.diagnostics:
+                record.update(self.diagnostics())
+            self.history.append(record)
+            self._log(record)
+            self.save_checkpoint()
+        summary = self.summary()
+        if self.out is not None:
+            atomic_write_json(summary, self.out / "summary.json")
+        return summary
+
+    def _log(self, record: dict) -> None:
+        if self.config.progress:
+            msg = (f"epoch {record['epoch']}/{self.config.epochs}  train loss {record['train_loss']:.4f}  "
+                   f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
+                   f"{record['images_per_second']:.0f} img/s")
+            print(msg, flush=True)
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def summary(self) -> dict:
+        last = self.history[-1] if self.history else {}
+        t = self.totals
+        return {
+            **self.info,
+            "algo": self.config.algo,
+            "dataset": self.info.get("dataset", self.dataset.name),
+            "backend": self.backend if self.backend is not None else "none (backprop)",
+            "device": str(self.device),
+            "epochs": self.epoch,
+            "steps": self.step,
+            "test_accuracy": last.get("test_accuracy"),
+            "test_top5": last.get("test_top5"),
+            "best_test_accuracy": max((h["test_accuracy"] for h in self.history), default=None),
+            "images_per_second": t["images"] / t["train_seconds"] if t["train_seconds"] else None,
+            "train_seconds": t["train_seconds"],
+            "feedback_seconds": t["feedback_seconds"],
+            "forward_seconds": t["forward_seconds"],
+            "alignment": last.get("alignment", {}),
+            "gradient_angle_deg": last.get("gradient_angle_deg", {}),
+            "config": dataclasses.asdict(self.config),
+            "versions": versions(),
+        }
