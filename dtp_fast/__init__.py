@@ -6,3 +6,6 @@ from .noise import CounterNoise, ExplicitNoise, NoiseSource
 from .feedback import FeedbackConfig, FeedbackState, available_backends, train_feedback
 from .presets import PRESETS, get_preset, lenet, mlp, simple_vgg
 from .diagnostics import gradient_alignment, weight_alignment
+from .data import Dataset, Loader, load_dataset
+from .trainer import NonFiniteLossError, TrainConfig, Trainer
+from .api import make_run, train

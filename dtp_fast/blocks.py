@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import unpool2d_last_wins
+
 __all__ = [
     "ACTIVATIONS",
     "Block",
@@ -129,10 +131,18 @@ class Block(nn.Module):
         return F.max_pool2d(a, k, s, p, return_indices=True)
 
     def h(self, y: torch.Tensor, switches) -> torch.Tensor:
-        """The part of G before its linear op: ``act(unpool(y, switches))``."""
+        """The part of G before its linear op: ``act(unpool(y, switches))``.
+
+        With overlapping pools (e.g. 3/2/1) two windows can hold the same
+        switch; unpooling then keeps the value of the last window in row-major
+        order (``F.max_unpool2d`` leaves this to a race between threads).
+        """
         if self.pool is not None:
             k, s, p = self.pool
-            y = F.max_unpool2d(y, switches, k, s, p, output_size=self.pre_pool_shape[1:])
+            if k[0] <= s[0] and k[1] <= s[1]:  # windows do not overlap: every index is unique
+                y = F.max_unpool2d(y, switches, k, s, p, output_size=self.pre_pool_shape[1:])
+            else:  # overlapping windows share indices: keep the last write, deterministically
+                y = unpool2d_last_wins(y, switches, self.pre_pool_shape[1:])
         return ACTIVATIONS[self.act](y)
 
     def g_linear(self, h: torch.Tensor, bias: bool = True) -> torch.Tensor:

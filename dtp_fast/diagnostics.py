@@ -15,6 +15,8 @@ def angle_and_distance(w: torch.Tensor, v: torch.Tensor) -> dict:
     """Angle (degrees) between two same-shaped tensors, and ``|w - v| / |w|``."""
     w, v = w.detach().double().flatten(), v.detach().double().flatten()
     nw, nv = w.norm(), v.norm()
+    if not (torch.isfinite(nw) and torch.isfinite(nv)):
+        return {"angle_deg": float("nan"), "distance": float("nan")}
     cos = (w @ v) / (nw * nv) if nw > 0 and nv > 0 else torch.tensor(0.0, dtype=torch.float64)
     angle = math.degrees(math.acos(max(-1.0, min(1.0, float(cos)))))
     distance = float((w - v).norm() / nw) if nw > 0 else float("inf")

@@ -182,6 +182,7 @@ class Trainer:
                           + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scheduler.T_max = self.config.t_max or self.config.epochs  # --epochs may have grown
         self.fb_state.load_state_dict(ckpt["feedback_state"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.history, self.totals = list(ckpt["history"]), dict(ckpt["totals"])
@@ -194,7 +195,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _check_finite(self, value: torch.Tensor | float, what: str, batch: int) -> None:
-        if not math.isfinite(float(value)):
+        value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+        if not math.isfinite(value):
             last = (f"the last good checkpoint ({self.checkpoint_path}, after epoch {self.epoch}) is intact"
                     if self.checkpoint_path is not None and self.checkpoint_path.exists()
                     else "no checkpoint was written")
@@ -228,7 +230,7 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
         self.step += 1
-        return {"loss": float(loss), "correct": int((logits.argmax(1) == y).sum()), "feedback": stats}
+        return {"loss": float(loss.detach()), "correct": int((logits.argmax(1) == y).sum()), "feedback": stats}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -296,10 +298,15 @@ class Trainer:
                 "feedback_seconds": watch.get("feedback"), "forward_seconds": watch.get("forward"),
                 "images_per_second": n / seconds, "feedback_loss": fb_loss}
 
-    def fit(self) -> dict:
+    def fit(self, stop_after: int | None = None) -> dict:
         """Train for the configured number of epochs (from where a resumed run left off)
-        and return the summary (also written to ``out/summary.json``)."""
-        while self.epoch < self.config.epochs:
+        and return the summary (also written to ``out/summary.json``).
+
+        ``stop_after`` trains at most that many epochs in this call (a run
+        split over several jobs, each resuming the last).
+        """
+        end = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
+        while self.epoch < end:
             record = self.train_epoch()
             record.update(self.evaluate())
             if self.config.diagnostics:

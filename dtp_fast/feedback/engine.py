@@ -31,6 +31,8 @@ def _per_layer(name: str, value, layers: Sequence[str]) -> list:
     if isinstance(value, (int, float)):
         return [value] * len(layers)
     value = list(value)
+    if len(value) == 1:
+        return value * len(layers)
     if len(value) != len(layers):
         raise ValueError(
             f"feedback {name} has {len(value)} value(s) {value} but the network has {len(layers)} trainable "

@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:
+#   make demo   L-DRL and backprop side by side on the embedded digits
+#   make test   the test suite
+# Both create .venv and install dtp_fast into it (compiling dtp_fast._C).
+PYTHON ?= python3
+VENV   ?= .venv
+# The torch to build against; override for a CUDA machine, e.g. make TORCH="torch==2.11.0" test
+TORCH  ?= torch==2.13.0
+# CI pins triton 3.8.0 (3.9.0's interpreter miscomputes bf16 * fp32 scalars); empty to skip
+TRITON ?= triton==3.8.0
+BIN := $(VENV)/bin
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)" $(TRITON) setuptools wheel ninja pybind11 numpy
+	$(BIN)/python -m pip install -q --no-build-isolation -e .
+	$(BIN)/dtp-fast info
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/dtp-fast demo
+
+test: install
+	DTP_FAST_REQUIRE_EXT=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf build dtp_fast/_C*.so *.egg-info

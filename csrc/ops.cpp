@@ -1,0 +1,124 @@
+// Operator schemas of the dtp_fast library and the Python module stub.
+//
+// The kernels live in csrc/cpu/ (always built) and csrc/cuda/ (built only
+// with WITH_CUDA); they bind themselves to the schemas below with
+// TORCH_LIBRARY_IMPL. Python reaches the ops as torch.ops.dtp_fast.<name>
+// once `import dtp_fast._C` has run the static registrations.
+#ifdef DTP_FAST_PYTHON_MODULE
+#include <Python.h>  // first, as Python asks
+#endif
+
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include <sstream>
+#include <string>
+
+#ifdef WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include "pool_act.h"
+
+namespace dtp_fast {
+namespace {
+
+const char* const kOpNames[] = {
+    "dtp_fast::act_pool2d",
+    "dtp_fast::unpool_act2d",
+    "dtp_fast::build_info",
+};
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string compiler_version() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+  return "msvc " + std::to_string(_MSC_VER);
+#else
+  return "unknown";
+#endif
+}
+
+// JSON description of how this module was compiled (read by dtp_fast/_ext.py).
+std::string build_info() {
+  std::ostringstream os;
+  os << "{\"torch_version\": \"" << TORCH_VERSION_MAJOR << "."
+     << TORCH_VERSION_MINOR << "." << TORCH_VERSION_PATCH << "\""
+     << ", \"torch_major\": " << TORCH_VERSION_MAJOR
+     << ", \"torch_minor\": " << TORCH_VERSION_MINOR
+     << ", \"torch_patch\": " << TORCH_VERSION_PATCH;
+#ifdef WITH_CUDA
+  os << ", \"with_cuda\": true, \"cuda_version\": \"" << CUDART_VERSION / 1000
+     << "." << (CUDART_VERSION % 1000) / 10 << "\"";
+#else
+  os << ", \"with_cuda\": false, \"cuda_version\": null";
+#endif
+#ifdef _OPENMP
+  os << ", \"openmp\": true, \"openmp_version\": " << _OPENMP;
+#else
+  os << ", \"openmp\": false, \"openmp_version\": null";
+#endif
+  os << ", \"compiler\": \"" << json_escape(compiler_version()) << "\""
+     << ", \"cplusplus\": " << __cplusplus << ", \"ops\": [";
+  bool first = true;
+  for (const char* name : kOpNames) {
+    os << (first ? "" : ", ") << "\"" << name << "\"";
+    first = false;
+  }
+  os << "]}";
+  return os.str();
+}
+
+}  // namespace
+
+TORCH_LIBRARY(dtp_fast, m) {
+  // Fake (meta) implementations are registered from Python, in dtp_fast/ops.py.
+  m.set_python_module("dtp_fast.ops");
+  // ACT(z) then max_pool2d(kernel_size, stride, padding), floor mode, with the
+  // switches: (values, int64 flat indices into each H*W input plane).
+  // act: 0 identity, 1 ELU(alpha=1), 2 ReLU, 3 tanh.
+  m.def(
+      "act_pool2d(Tensor z, int act, int[2] kernel_size, int[2] stride, "
+      "int[2] padding) -> (Tensor, Tensor)");
+  // ACT(max_unpool2d(y, indices, output_size)); zeros elsewhere; with
+  // duplicate indices the value of the last pooled position (row-major) wins.
+  m.def(
+      "unpool_act2d(Tensor y, Tensor indices, int act, int[2] output_size) "
+      "-> Tensor");
+  m.def("build_info() -> str", &build_info);
+}
+
+}  // namespace dtp_fast
+
+#ifdef DTP_FAST_PYTHON_MODULE
+// `import dtp_fast._C` only needs to load this shared library: loading it runs
+// the TORCH_LIBRARY registrations above. The module itself is empty.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",  // m_name
+      "dtp_fast compiled ops; use them through dtp_fast.ops or "
+      "torch.ops.dtp_fast",  // m_doc
+      -1,                    // m_size
+      nullptr,               // m_methods
+  };
+  return PyModule_Create(&module_def);
+}
+#endif  // DTP_FAST_PYTHON_MODULE

@@ -1,0 +1,118 @@
+"""How dtp_fast._C was built, and how dtp_fast._ext reacts to broken builds.
+
+Tests that need the compiled extension skip when it is not built, unless
+DTP_FAST_REQUIRE_EXT=1 (set in CI), in which case they fail.
+"""
+
+import os
+
+import pytest
+import torch
+
+from dtp_fast import _ext
+
+FIX = "pip install --no-build-isolation -e ."
+
+
+def _require_ext():
+    if _ext.available():
+        return
+    reason = "compiled dtp_fast._C unavailable: %s" % _ext.load_error()
+    if os.environ.get("DTP_FAST_REQUIRE_EXT", "") == "1":
+        pytest.fail(reason + " (DTP_FAST_REQUIRE_EXT=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch):
+    """Forget the cached load result before and after the test (and ignore a
+    DTP_FAST_DISABLE_EXT=1 of the calling environment)."""
+    monkeypatch.delenv("DTP_FAST_DISABLE_EXT", raising=False)
+    _ext._reset_cache()
+    yield
+    _ext._reset_cache()
+
+
+def _runtime_major_minor():
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def test_build_info_matches_runtime():
+    _require_ext()
+    info = _ext.build_info()
+    assert info is not None
+    assert (info["torch_major"], info["torch_minor"]) == _runtime_major_minor()
+    assert info["torch_version"].startswith("%d.%d." % _runtime_major_minor())
+    assert info["openmp"] is True
+    assert info["compiler"]
+    assert info["with_cuda"] in (True, False)
+    assert (info["cuda_version"] is None) == (not info["with_cuda"])
+    for name in ("dtp_fast::act_pool2d", "dtp_fast::unpool_act2d", "dtp_fast::build_info"):
+        assert name in info["ops"]
+        assert hasattr(torch.ops.dtp_fast, name.split("::")[1])
+    # a copy: callers cannot change the cached one
+    info["ops"] = None
+    assert _ext.build_info()["ops"] is not None
+
+
+def test_version_mismatch_makes_module_unusable(monkeypatch, fresh_cache):
+    _require_ext()
+    real = _ext._compiled_build_info()
+    fake = dict(real, torch_major=1, torch_minor=0, torch_version="1.0.0")
+    monkeypatch.setattr(_ext, "_compiled_build_info", lambda: fake)
+    _ext._reset_cache()
+    assert _ext.available() is False
+    msg = _ext.load_error()
+    assert "compiled against torch 1.0" in msg
+    assert torch.__version__ in msg
+    assert FIX in msg
+    assert _ext.build_info()["torch_minor"] == 0  # still reported, for diagnosis
+
+
+def test_version_problem_rules():
+    info = {"torch_major": 2, "torch_minor": 13, "with_cuda": False, "cuda_version": None}
+    assert _ext._version_problem(info, "2.13.1+cpu", None) is None
+    msg = _ext._version_problem(info, "2.14.0", None)
+    assert "compiled against torch 2.13" in msg and "2.14.0" in msg and FIX in msg
+    cuda = dict(info, with_cuda=True, cuda_version="12.8")
+    assert _ext._version_problem(cuda, "2.13.0", "12.6") is None
+    msg = _ext._version_problem(cuda, "2.13.0", "13.0")
+    assert "CUDA 12.8" in msg and "13.0" in msg and FIX in msg
+
+
+def _failing_import(exc):
+    def import_module(name, *args, **kwargs):
+        raise exc
+
+    return import_module
+
+
+def test_undefined_symbol_gets_reinstall_advice(monkeypatch, fresh_cache):
+    err = ImportError("/x/dtp_fast/_C.so: undefined symbol: _ZN3c1017RegisterOperatorsD1Ev")
+    monkeypatch.setattr(_ext.importlib, "import_module", _failing_import(err))
+    assert _ext.available() is False
+    msg = _ext.load_error()
+    assert "undefined symbol" in msg and FIX in msg
+    assert _ext.build_info() is None
+
+
+def test_missing_module_says_how_to_build(monkeypatch, fresh_cache):
+    err = ModuleNotFoundError("No module named 'dtp_fast._C'", name="dtp_fast._C")
+    monkeypatch.setattr(_ext.importlib, "import_module", _failing_import(err))
+    assert _ext.available() is False
+    assert _ext.load_error() == "dtp_fast._C is not built: run `%s`" % FIX
+
+
+def test_other_load_failure_is_reported(monkeypatch, fresh_cache):
+    monkeypatch.setattr(_ext.importlib, "import_module", _failing_import(OSError("libc10.so: cannot open")))
+    assert _ext.available() is False
+    msg = _ext.load_error()
+    assert "libc10.so" in msg and FIX in msg
+
+
+def test_disable_env(monkeypatch, fresh_cache):
+    monkeypatch.setenv("DTP_FAST_DISABLE_EXT", "1")
+    assert _ext.available() is False
+    assert "DTP_FAST_DISABLE_EXT=1" in _ext.load_error()
+    assert _ext.build_info() is None

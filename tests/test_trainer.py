@@ -1,0 +1,145 @@
+import json
+
+import pytest
+import torch
+
+import dtp_fast
+from dtp_fast.api import make_run
+from dtp_fast.cli import main
+from dtp_fast.trainer import NonFiniteLossError
+from dtp_fast.utils import atomic_save
+
+QUICK = dict(epochs=2, limit_batches=3, batch_size=16, progress=False, diagnostics=False)
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.net.state_dict().items()}
+
+
+@pytest.mark.parametrize("algo", ["ldrl", "bp"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, algo):
+    full = make_run("lenet", "digits", algo=algo, out=tmp_path / "full", **QUICK)
+    full.fit()
+    part = make_run("lenet", "digits", algo=algo, out=tmp_path / "part", **QUICK)
+    part.fit(stop_after=1)  # as if the job had been killed after epoch 1
+    resumed = make_run("lenet", "digits", algo=algo, out=tmp_path / "part", resume=True, **QUICK)
+    assert resumed.epoch == 1 and resumed.step == 3
+    summary = resumed.fit()
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    if algo == "ldrl":  # the feedback optimiser's momentum survives the checkpoint too
+        for k, v in full.fb_state.buffers.items():
+            assert torch.equal(v, resumed.fb_state.buffers[k])
+    assert summary["epochs"] == 2 and summary["steps"] == 6
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    make_run("mlp", "digits", out=tmp_path, **{**QUICK, "epochs": 1}).fit()
+    with pytest.raises(FileExistsError, match="--resume"):
+        make_run("mlp", "digits", out=tmp_path, **QUICK)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        make_run("mlp", "digits", out=tmp_path / "empty", resume=True, **QUICK)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    make_run("mlp", "digits", out=tmp_path, **{**QUICK, "epochs": 1}).fit()
+    ckpt = tmp_path / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    with pytest.warns(UserWarning, match="feedback_lr"):
+        t = make_run("mlp", "digits", out=tmp_path, resume=True, **{**QUICK, "feedback_lr": 1e12})
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint .* after epoch 1"):
+        t.fit()
+    assert ckpt.read_bytes() == before
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_atomic_save_keeps_the_old_file_on_a_failed_write(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    atomic_save({"a": 1}, path)
+
+    def broken_save(obj, fh):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"a": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"a": 1}
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match=r"3 trainable feedback layer\(s\): conv_1, conv_2, fc"):
+        make_run("simple_vgg", "digits", feedback_iters=[1, 2], **QUICK)
+    with pytest.raises(ValueError, match="unknown preset 'resnet'"):
+        make_run("resnet", "digits")
+    with pytest.raises(ValueError, match="unknown feedback backend 'fast'"):
+        make_run("mlp", "digits", backend="fast", **QUICK)
+    with pytest.raises(ValueError, match="unknown setting"):
+        make_run("mlp", "digits", learning_rate=0.1)
+    with pytest.raises(ValueError, match="unknown algo"):
+        make_run("mlp", "digits", algo="dtp")
+    net = dtp_fast.mlp((3, 32, 32), 10, hidden=[8])
+    with pytest.raises(ValueError, match=r"shape \(1, 8, 8\) but the network expects \(3, 32, 32\)"):
+        dtp_fast.Trainer(net, dtp_fast.load_dataset("digits"))
+
+
+def test_ldrl_trains_digits_above_chance_and_reports_diagnostics(tmp_path):
+    summary = make_run("mlp", "digits", out=tmp_path, epochs=2, progress=False).fit()
+    assert summary["test_accuracy"] > 0.8
+    assert set(summary["alignment"]) == {"fc_1", "fc_2"}
+    for a in summary["alignment"].values():
+        assert a["angle_deg"] < 45  # from ~90 at initialisation
+    assert summary["gradient_angle_deg"]["fc_2"] < 1  # the last layer's DTP update is the BP gradient
+    assert summary["feedback_seconds"] > 0 and summary["forward_seconds"] > 0
+
+
+def test_cli_train_writes_metrics_and_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--preset", "mlp", "--epochs", "1", "--limit-batches", "2", "--out", str(out),
+               "--no-progress", "--feedback-iters", "2", "--json"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("algo", "dataset", "backend", "epochs", "test_accuracy", "images_per_second",
+                "feedback_seconds", "forward_seconds", "alignment"):
+        assert key in summary, key
+    assert summary["algo"] == "ldrl" and summary["dataset"] == "digits" and summary["backend"] == "reference"
+    assert 0 <= summary["test_accuracy"] <= 1
+    assert set(summary["alignment"]["fc_1"]) == {"angle_deg", "distance"}
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert json.loads(capsys.readouterr().out)["epochs"] == 1
+    # resume with a larger epoch count: settings come from the run's config.json
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["config"]["feedback_iters"] == [2]
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["train", "--preset", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert main(["train", "--dataset", "cifar10", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["train", "--preset", "mlp", "--noise", "0.1,0.1,0.1", "--out", str(tmp_path)]) == 2
+    assert "fc_1, fc_2" in capsys.readouterr().err
+
+
+def test_cli_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for opt in ("--preset", "--dataset", "--data", "--algo", "--epochs", "--batch-size", "--limit-batches",
+                "--backend", "--device", "--seed", "--out", "--resume", "--feedback-iters", "--noise"):
+        assert opt in text, opt
+
+
+def test_cli_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backends"]["cpu"]["reference"]["usable"] is True
+    assert "torch" in info["versions"]
+    assert "available" in info["compiled_extension"]
