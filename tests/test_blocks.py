@@ -115,3 +115,16 @@ def test_block_without_feedback_rejects_g():
     b = Block(nn.Linear(3, 2), in_shape=(3,), feedback=False)
     with pytest.raises(RuntimeError, match="no feedback layer"):
         b.g(torch.zeros(1, 2), None)
+
+
+def test_overlapping_unpool_is_deterministic_last_write_wins():
+    """With a 3/2/1 pool two windows can share a switch; G keeps the last window's value."""
+    from dtp_fast.ops import unpool_act2d_ref
+
+    torch.manual_seed(0)
+    b = dtp_fast.conv_block((2, 9, 9), 3, kernel_size=5, pool=(3, 2, 1))
+    y, idx = b.f(torch.randn(4, 2, 9, 9))
+    flat = idx.flatten(2)
+    assert any(len(torch.unique(row)) < len(row) for row in flat.reshape(-1, flat.shape[-1]))  # duplicates exist
+    y2 = torch.randn_like(y)  # different values at duplicate switches, as in G(y + dy; I0)
+    torch.testing.assert_close(b.h(y2, idx), unpool_act2d_ref(y2, idx, "elu", (9, 9)), rtol=0, atol=0)
