@@ -65,7 +65,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feedback-momentum", type=float, default=None, help="feedback SGD momentum (default 0.9)")
     g.add_argument("--feedback-samples", type=int, default=None, help="noise samples per feedback iteration")
     g.add_argument("--backend", default=None,
-                   help="feedback backend: auto (fastest usable) or a name from `dtp-fast info`")
+                   help="feedback backend: auto (fastest usable), reference, torch, ... (`dtp-fast info` lists "
+                        "the usable ones)")
+    g.add_argument("--feedback-memory", type=float, default=None, metavar="MIB",
+                   help="memory (MiB) the fast backends may use for perturbations precomputed for many "
+                        "iterations at once (default 64); more can be faster")
 
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -87,7 +91,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 _RUN_KEYS = ("preset", "dataset", "data")
 _SETTING_KEYS = ("algo", "channels", "hidden", "epochs", "batch_size", "limit_batches", "lr", "momentum",
                  "weight_decay", "t_max", "eta_min", "augment", "beta", "feedback_iters", "feedback_lr", "noise",
-                 "feedback_momentum", "feedback_samples", "backend", "device", "dtype", "seed", "diagnostics",
+                 "feedback_momentum", "feedback_samples", "feedback_memory", "backend", "device", "dtype", "seed", "diagnostics",
                  "progress")
 
 

@@ -52,6 +52,7 @@ class TrainConfig:
     noise: float | Sequence[float] = 0.1
     feedback_momentum: float = 0.9
     feedback_samples: int = 1
+    feedback_memory: float | None = None   # MiB for precomputed perturbations (fast backends); None: default
     backend: str = "auto"
     device: str = "auto"
     dtype: str = "float32"
@@ -121,6 +122,8 @@ class Trainer:
             self.backend = None
             self.fb_hparams = None
         self.fb_state = FeedbackState()
+        self.memory_budget = ("default" if config.feedback_memory is None
+                              else int(config.feedback_memory * 2**20))
         self.noise = noise or CounterNoise(config.seed)
         self.optimizer = torch.optim.SGD(list(net.forward_parameters()), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
@@ -214,7 +217,8 @@ class Trainer:
                 acts, switches = self.net.activations(x, detach_inputs=True)
             with watch("feedback"), torch.no_grad():
                 stats = train_feedback(self.net, acts, switches, self.fb_hparams, self.fb_state, self.noise,
-                                       self.step, backend=self.backend, report="last")
+                                       self.step, backend=self.backend, report="last",
+                                       memory_budget=self.memory_budget)
             for name, s in stats.items():
                 if s["loss"] is not None:
                     self._check_finite(s["loss"], f"the feedback loss of layer {name!r}", batch)

@@ -20,8 +20,11 @@ from .engine import (
     train_feedback,
 )
 from .reference import ReferenceBackend, ldrl_loss  # registers the backend
+from .analytic import DEFAULT_MEMORY_BUDGET, AnalyticBackend  # registers the backend
 
 __all__ = [
+    "AnalyticBackend",
+    "DEFAULT_MEMORY_BUDGET",
     "BackendUnavailableError",
     "FeedbackConfig",
     "FeedbackState",

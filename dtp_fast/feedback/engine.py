@@ -123,7 +123,8 @@ _AUTO_ORDER: list[str] = []
 
 def register_backend(backend, priority: int = 0) -> None:
     """Register a backend object with ``name``, ``availability(device) -> (bool, reason)``
-    and ``train(net, acts, switches, hparams, state, noise, step, report)``."""
+    and ``train(net, acts, switches, hparams, state, noise, step, report, memory_budget)``.
+    ``backend="auto"`` prefers the highest priority."""
     _BACKENDS[backend.name] = (priority, backend)
     _AUTO_ORDER[:] = sorted(_BACKENDS, key=lambda n: -_BACKENDS[n][0])
 
@@ -155,7 +156,8 @@ def get_backend(name: str, device="cpu"):
 
 
 def train_feedback(net, acts, switches, config: FeedbackConfig | Sequence[LayerHParams], state: FeedbackState,
-                   noise: NoiseSource, step: int, *, backend: str = "reference", report: str = "last") -> dict:
+                   noise: NoiseSource, step: int, *, backend: str = "reference", report: str = "last",
+                   memory_budget: int | None | str = "default") -> dict:
     """Train all feedback layers of ``net`` on one batch (the feedback phase).
 
     Args:
@@ -169,6 +171,9 @@ def train_feedback(net, acts, switches, config: FeedbackConfig | Sequence[LayerH
         backend: a registered backend name or ``"auto"``.
         report: ``"last"`` (loss of each layer's last iteration), ``"all"``
             (every iteration's loss) or ``"none"``.
+        memory_budget: bytes the precomputed perturbations of all layers may
+            take at once (backends that precompute; ``None``: no limit,
+            ``"default"``: the backend's default).
 
     Returns ``{layer name: {"iterations": int, "loss": float | list | None}}``.
     """
@@ -178,4 +183,5 @@ def train_feedback(net, acts, switches, config: FeedbackConfig | Sequence[LayerH
     if len(acts) != len(net.blocks) or len(switches) != len(net.blocks):
         raise ValueError(f"expected {len(net.blocks)} activations and switches, got {len(acts)} and {len(switches)}")
     impl = get_backend(backend, acts[0].device)
-    return impl.train(net, [a.detach() for a in acts], switches, hparams, state, noise, step, report)
+    return impl.train(net, [a.detach() for a in acts], switches, hparams, state, noise, step, report,
+                      memory_budget=memory_budget)

@@ -49,7 +49,7 @@ class ReferenceBackend:
             total = total + ldrl_loss(block, x, y, switches, eps_x, eps_y, hp.noise)
         return total / hp.samples
 
-    def train(self, net, acts, switches, hparams, state, noise, step, report):
+    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget=None):
         stats = {}
         blocks = net.block_list()
         for i, (name, hp) in enumerate(zip(net.feedback_names, hparams), start=1):

@@ -1,0 +1,238 @@
+"""The ``torch`` backend: L-DRL without autograd (ALGORITHM.md section 5).
+
+Write G(y; I) = V * h(y; I) + c with h(y; I) = act(unpool(y, I)). With
+dh1 = h(y1; I1) - h(y; I0) and dh2 = h(y + dy; I0) - h(y; I0):
+
+    dr_y   = V * dh2
+    grad_V = 2/(S B) * wgrad(input=[dh2; dh1], grad_out=[dr_y; -dx])
+    loss   = 1/(S B) * (-2 <dx, V * dh1> + ||dr_y||^2)      (only when reported)
+
+The bias c cancels and is left alone. Because F is frozen, dx, the noisy
+forward pass, dh1 and dh2 do not depend on V: they are computed for a chunk of
+iterations at once, in one batched call per layer. Only dr_y, the weight
+gradient and the momentum step stay in the sequential chain, and the layers
+are interleaved (iteration k of every layer before iteration k + 1). For a
+Linear feedback block the chain runs on small precomputed matrices:
+grad_V = 2/(S B) (V C_k - A_k) with C_k = dh2^T dh2 and A_k = dx^T dh1.
+"""
+from __future__ import annotations
+
+import torch
+
+from .engine import register_backend
+
+__all__ = ["AnalyticBackend", "DEFAULT_MEMORY_BUDGET", "minimum_memory_budget", "plan_chunk"]
+
+# Bytes the precomputed perturbations of all layers may take at once.
+DEFAULT_MEMORY_BUDGET = 64 * 2**20
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def iteration_bytes(block, batch: int, samples: int, element_size: int) -> int:
+    """Memory one precomputed iteration of ``block`` takes: dx, dh1, dh2 (and, while
+    they are computed, the noisy pre-activations and switches)."""
+    x, h = _numel(block.in_shape), _numel(block.pre_pool_shape)
+    transient = h + (2 * _numel(block.out_shape) if block.pool is not None else 0)  # z1, y1 + switches
+    return samples * batch * (x + 2 * h + transient) * element_size
+
+
+def minimum_memory_budget(blocks, hparams, batch: int, element_size: int) -> int:
+    """The smallest budget that holds one iteration of every layer at once."""
+    return sum(iteration_bytes(b, batch, hp.samples, element_size) for b, hp in zip(blocks, hparams)
+               if hp.iterations > 0)
+
+
+def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: int | None) -> int:
+    """The number of iterations every layer precomputes at once: the largest n with
+    sum_i min(n, iters_i) * bytes_i <= budget (None: no limit)."""
+    per_iter = [iteration_bytes(b, batch, hp.samples, element_size) for b, hp in zip(blocks, hparams)]
+    most = max((hp.iterations for hp in hparams), default=0)
+    if budget is None:
+        return max(1, most)
+    need = minimum_memory_budget(blocks, hparams, batch, element_size)
+    if budget < need:
+        detail = ", ".join(f"{n} {b / 2**20:.2f} MiB" for n, b, hp in zip(names, per_iter, hparams) if hp.iterations)
+        raise ValueError(
+            f"feedback memory budget of {budget / 2**20:.2f} MiB is too small for one iteration of every layer "
+            f"({detail}); the minimum for this network and batch is {need / 2**20:.2f} MiB "
+            f"({need} bytes): raise memory_budget (--feedback-memory) or lower the batch size")
+    n = 1
+    while n < most and sum(min(n + 1, hp.iterations) * b for b, hp in zip(per_iter, hparams)) <= budget:
+        n += 1
+    return n
+
+
+class _Layer:
+    """One layer's feedback training within one batch.
+
+    Conv layers work in channels_last memory format (oneDNN's convolutions
+    and weight gradients are up to 2x faster in it on CPUs) on working copies
+    of V and its momentum buffer, written back by :meth:`finish`.
+    """
+
+    def __init__(self, engine, block, index, name, hp, x, y, switches, state, noise, step, chunk):
+        self.engine, self.block, self.index, self.name, self.hp = engine, block, index, name, hp
+        self.linear = block.kind == "linear"
+        fmt = torch.contiguous_format if self.linear else torch.channels_last
+        self.fmt = fmt
+        self.x, self.y, self.switches = x.contiguous(memory_format=fmt), y, switches
+        self.noise, self.step, self.chunk = noise, step, chunk
+        self.V = block.g_op.weight
+        self.buf = state.buffer(name, "weight", self.V)
+        self.Vw = self.V.detach().clone(memory_format=fmt)
+        self.bufw = self.buf.clone(memory_format=fmt)
+        self.h0 = block.h(y, switches).contiguous(memory_format=fmt)
+        self.B = x.shape[0]
+        self.scale = 1.0 / (hp.samples * self.B)
+        self.start = 0          # first iteration held in the current chunk
+        self.held = 0           # iterations held
+        self.losses = []
+
+    def finish(self) -> None:
+        self.V.copy_(self.Vw)
+        self.buf.copy_(self.bufw)
+
+    # --------------------------------------------------------------- precompute
+    def _eps(self, which, shape, k0, n):
+        hp, ref = self.hp, self.x
+        draws = [self.noise.normal(step=self.step, layer=self.index, iteration=k, sample=s, which=which,
+                                   shape=shape, device=ref.device, dtype=ref.dtype)
+                 for k in range(k0, k0 + n) for s in range(hp.samples)]
+        return torch.stack(draws)  # (n * S, B, ...)
+
+    def _prepare(self, k0: int) -> None:
+        """dx, dh1, dh2 for iterations k0 .. k0 + n - 1, in one batched pass."""
+        hp, B = self.hp, self.B
+        n = min(self.chunk, hp.iterations - k0)
+        m = n * hp.samples
+        sigma = hp.noise
+        if self.linear:
+            dx = self._eps("x", self.x.shape, k0, n).mul_(sigma)                          # (m, B, *x)
+            dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)
+            eps_y = self._eps("y", self.y.shape, k0, n).flatten(0, 1)
+            dh2 = self.engine.dh2(self.block, self.y, eps_y, sigma, self.switches, self.h0)
+            dx = dx.reshape(n, hp.samples * B, -1)
+            dh1 = dh1.reshape(n, hp.samples * B, -1)
+            dh2 = dh2.reshape(n, hp.samples * B, -1)
+            self.A = torch.bmm(dx.transpose(1, 2), dh1)      # (n, d_in, d_out)
+            self.C = torch.bmm(dh2.transpose(1, 2), dh2)     # (n, d_out, d_out)
+        else:
+            # P[j] = [dh2; dh1] and Q[j] = [dr_y; -dx]: the two halves of iteration j's weight
+            # gradient, adjacent in memory so that one call covers both without a copy.
+            SB, (C, H, W), (Ci, Hi, Wi) = hp.samples * B, self.h0.shape[1:], self.x.shape[1:]
+            dev, dt = self.x.device, self.x.dtype
+            self.P = torch.empty(n, 2, SB, H, W, C, device=dev, dtype=dt).permute(0, 1, 2, 5, 3, 4)
+            self.Q = torch.empty(n, 2, SB, Hi, Wi, Ci, device=dev, dtype=dt).permute(0, 1, 2, 5, 3, 4)
+            neg_dx = self.Q[:, 1]
+            eps_x = self._eps("x", self.x.shape, k0, n).view(n, SB, Ci, Hi, Wi)
+            torch.mul(eps_x, -sigma, out=neg_dx)            # -dx = (-sigma) * eps, exactly -(sigma * eps)
+            xin = (self.x - neg_dx.reshape(m, B, Ci, Hi, Wi)).flatten(0, 1)   # x + dx, bit for bit
+            self.P[:, 1] = self.engine.dh1(self.block, xin, self.h0).view(n, SB, C, H, W)
+            eps_y = self._eps("y", self.y.shape, k0, n).flatten(0, 1)
+            self.P[:, 0] = self.engine.dh2(self.block, self.y, eps_y, sigma, self.switches,
+                                           self.h0).view(n, SB, C, H, W)
+        self.start, self.held = k0, n
+
+    # --------------------------------------------------------------- the chain
+    def _conv_t(self, h):
+        g = self.block.g_op
+        return torch.nn.functional.conv_transpose2d(h, self.Vw, None, g.stride, g.padding, g.output_padding, 1,
+                                                    g.dilation)
+
+    def _wgrad(self, inp, grad_out):
+        """Weight gradient of conv_transpose2d(inp, V) given grad_out: by adjointness,
+        the weight gradient of conv2d(grad_out, V) given inp."""
+        g = self.block.g_op
+        return torch.ops.aten.convolution_backward(
+            inp, grad_out, self.Vw, None, g.stride, g.padding, g.dilation, False, [0, 0], 1,
+            [False, True, False])[1]
+
+    def iterate(self, k: int, want_loss: bool) -> None:
+        if k >= self.start + self.held:
+            self._prepare(k)
+        j = k - self.start
+        V = self.Vw
+        if self.linear:
+            A, C = self.A[j], self.C[j]
+            VC = V @ C
+            if want_loss:
+                self.losses.append(self.scale * (-2 * (A * V).sum() + (VC * V).sum()))
+            grad = (VC - A).mul_(2 * self.scale)
+        else:
+            P, Q = self.P[j], self.Q[j]
+            dr_y = self._conv_t(P[0])
+            Q[0].copy_(dr_y)
+            if want_loss:
+                self.losses.append(self.scale * (2 * (Q[1] * self._conv_t(P[1])).sum() + dr_y.pow(2).sum()))
+            grad = self._wgrad(P.flatten(0, 1), Q.flatten(0, 1)).mul_(2 * self.scale)
+        hp = self.hp
+        if hp.weight_decay:
+            grad.add_(V, alpha=hp.weight_decay)
+        self.bufw.mul_(hp.momentum).add_(grad)
+        V.add_(self.bufw, alpha=-hp.lr)
+
+
+class AnalyticBackend:
+    """Autograd-free L-DRL with plain PyTorch ops; runs on any device.
+
+    Subclasses replace :meth:`dh1` and :meth:`dh2` (the elementwise part of
+    the precomputation) with fused kernels.
+    """
+    name = "torch"
+
+    def __init__(self, memory_budget: int | None = DEFAULT_MEMORY_BUDGET):
+        self.memory_budget = memory_budget
+
+    def availability(self, device):
+        return True, "autograd-free analytic gradient, plain PyTorch ops; runs on any device"
+
+    def dh1(self, block, x_noisy, h0):
+        """``h(F(x + dx)) - h0`` for a batch of noisy inputs (M*B, ...) and h0 (B, ...)."""
+        y1, s1 = block.f(x_noisy)
+        h1 = block.h(y1, s1)
+        return h1.unflatten(0, (-1, h0.shape[0])).sub_(h0).flatten(0, 1)
+
+    def dh2(self, block, y, eps, sigma, switches, h0):
+        """``h(y + sigma * eps; I0) - h0`` for noise eps (M*B, ...), y and switches (B, ...)."""
+        m = eps.shape[0] // y.shape[0]
+        sw = None if switches is None else switches.repeat(m, *([1] * (switches.dim() - 1)))
+        h2 = block.h((sigma * eps).unflatten(0, (m, -1)).add_(y).flatten(0, 1), sw)
+        return h2.unflatten(0, (m, -1)).sub_(h0).flatten(0, 1)
+
+    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default"):
+        budget = self.memory_budget if memory_budget == "default" else memory_budget
+        blocks = net.block_list()[1:]
+        names = net.feedback_names
+        x0 = acts[0]
+        for name, b in zip(names, blocks):
+            w = b.g_op.weight
+            if w.device != x0.device or w.dtype != x0.dtype:
+                raise ValueError(f"feedback layer {name!r} has weights of {w.dtype} on {w.device} but the "
+                                 f"activations are {x0.dtype} on {x0.device}: move the network with "
+                                 f"net.to(device, dtype)")
+        chunk = plan_chunk(blocks, names, hparams, x0.shape[0], x0.element_size(), budget)
+        with torch.no_grad():
+            layers = [_Layer(self, b, i, name, hp, acts[i - 1], acts[i], switches[i], state, noise, step, chunk)
+                      for i, (name, b, hp) in enumerate(zip(names, blocks, hparams), start=1)]
+            for k in range(max((hp.iterations for hp in hparams), default=0)):
+                for layer in layers:
+                    n = layer.hp.iterations
+                    if k < n:
+                        layer.iterate(k, report == "all" or (report == "last" and k == n - 1))
+            for layer in layers:
+                layer.finish()
+        stats = {}
+        for layer in layers:
+            losses = [float(v) for v in layer.losses]
+            value = losses if report == "all" else (losses[0] if report == "last" and losses else None)
+            stats[layer.name] = {"iterations": layer.hp.iterations, "loss": value}
+        return stats
+
+
+register_backend(AnalyticBackend(), priority=10)

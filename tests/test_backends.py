@@ -1,0 +1,152 @@
+"""Every fast feedback backend against `reference`: same noise in, same feedback weights out."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import dtp_fast
+from dtp_fast.api import make_run
+from dtp_fast.feedback import FeedbackConfig, FeedbackState, available_backends, resolve_backend, train_feedback
+from dtp_fast.feedback.analytic import minimum_memory_budget, plan_chunk
+from dtp_fast.noise import CounterNoise
+
+FAST = [name for name, (ok, _) in available_backends("cpu").items() if ok and name != "reference"]
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
+
+
+def _net(kernel=3, pool=(2, 2, 0), act=nn.ELU, hw=(9, 7), channels=(3, 4, 5), hidden=6, classes=3):
+    """conv_0 (untrained), conv_1 (the case under test), fc_0 (MLP block: Linear -> act), fc_1 (Linear)."""
+    c0, c1, c2 = channels
+    k, s, p = pool
+    h, w = hw[0] // 2, hw[1] // 2
+    h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    seq = nn.Sequential(nn.Conv2d(c0, c1, 3, padding=1), nn.ELU(), nn.MaxPool2d(2, 2),
+                        nn.Conv2d(c1, c2, kernel, padding=kernel // 2), act(), nn.MaxPool2d(k, s, p),
+                        nn.Flatten(), nn.Linear(c2 * h * w, hidden), act(), nn.Linear(hidden, classes))
+    return dtp_fast.from_sequential(seq, (c0, *hw))
+
+
+def _noncontiguous(t):
+    if t is None or t.dim() < 2:
+        return t
+    big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+    big[..., ::2] = t.detach()
+    out = big[..., ::2]
+    assert torch.equal(out, t) and (t.shape[-1] == 1 or not out.is_contiguous())
+    return out
+
+
+def _run(net, x, cfg, backend, budget, step=5, noncontig=False, steps=1):
+    net = copy.deepcopy(net)
+    state = FeedbackState()
+    losses = []
+    for s in range(steps):
+        acts, sw = net.activations(x)
+        if noncontig:
+            acts, sw = [_noncontiguous(a) for a in acts], [_noncontiguous(i) for i in sw]
+        losses.append(train_feedback(net, acts, sw, cfg, state, CounterNoise(3), step + s, backend=backend,
+                                     report="all", memory_budget=budget))
+    return net, state, losses
+
+
+def _assert_same(ref, fast, dtype):
+    (n_ref, st_ref, l_ref), (n_fast, st_fast, l_fast) = ref, fast
+    for name in n_ref.feedback_names:
+        a, b = n_ref.blocks[name].g_op, n_fast.blocks[name].g_op
+        torch.testing.assert_close(b.weight, a.weight, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(b.bias, a.bias, **TOL[dtype])  # untouched by fast backends, ~0 drift in reference
+        torch.testing.assert_close(st_fast.buffers[f"{name}.weight"], st_ref.buffers[f"{name}.weight"], **TOL[dtype])
+    for a, b in zip(l_ref, l_fast):
+        for name in a:
+            assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=TOL[dtype]["rtol"] * 10, abs=1e-6)
+
+
+CASES = {
+    "conv3x3-pool2": dict(kernel=3, pool=(2, 2, 0)),
+    "conv5x5-pool3/2/1": dict(kernel=5, pool=(3, 2, 1)),
+    "relu": dict(act=nn.ReLU),
+    "tanh-odd": dict(act=nn.Tanh, hw=(11, 13), pool=(3, 2, 1)),
+}
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunking", ["one", "all"])
+def test_fast_backend_equals_reference(backend, case, dtype, chunking):
+    torch.manual_seed(0)
+    net = _net(**CASES[case]).to(dtype)
+    x = torch.randn(3, *net.in_shape, dtype=dtype)
+    cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
+    hp = cfg.resolve(net.feedback_names)
+    blocks = net.block_list()[1:]
+    budget = minimum_memory_budget(blocks, hp, 3, x.element_size()) if chunking == "one" else None
+    assert plan_chunk(blocks, net.feedback_names, hp, 3, x.element_size(), budget) == (1 if chunking == "one" else 5)
+    ref = _run(net, x, cfg, "reference", None, steps=2)
+    fast = _run(net, x, cfg, backend, budget, steps=2)
+    _assert_same(ref, fast, dtype)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_batch_one_noncontiguous_and_default_chunking(backend):
+    torch.manual_seed(1)
+    net = _net(kernel=5, pool=(3, 2, 1), hw=(7, 9)).double()
+    x = torch.randn(1, *net.in_shape, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[6, 2, 3], lr=0.05, noise=0.2, samples=3)
+    ref = _run(net, x, cfg, "reference", None)
+    # a budget that holds two iterations per chunk: chunks of 2, 2, 2 (layers interleaved)
+    hp = cfg.resolve(net.feedback_names)
+    two = 2 * minimum_memory_budget(net.block_list()[1:], hp, 1, 8)
+    assert plan_chunk(net.block_list()[1:], net.feedback_names, hp, 1, 8, two) == 2
+    _assert_same(ref, _run(net, x, cfg, backend, two, noncontig=True), torch.float64)
+    _assert_same(ref, _run(net, x, cfg, backend, "default"), torch.float64)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_mlp_and_paper_lenet_shapes(backend):
+    torch.manual_seed(2)
+    net = dtp_fast.mlp((5,), 4, hidden=[7, 6], act="tanh").double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[5, 7], lr=[0.1, 0.2], noise=[0.1, 0.05])
+    _assert_same(_run(net, x, cfg, "reference", None), _run(net, x, cfg, backend, None), torch.float64)
+    net = dtp_fast.lenet((3, 16, 16), 10, channels=(4, 8), hidden=16).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[3, 4, 2], lr=[7.19e-4, 1.25e-4, 3.54e-2], noise=[0.4164, 0.3826, 0.1395])
+    _assert_same(_run(net, x, cfg, "reference", None), _run(net, x, cfg, backend, "default"), torch.float64)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_training_run_matches_reference(backend):
+    runs = {}
+    for b in ("reference", backend):
+        t = make_run("lenet", "digits", backend=b, dtype="float64", epochs=1, limit_batches=3, batch_size=8,
+                     progress=False, diagnostics=False, feedback_iters=[3, 2, 4])
+        t.fit()
+        runs[b] = t.net.state_dict()
+    for k, v in runs["reference"].items():
+        torch.testing.assert_close(runs[backend][k], v, rtol=1e-9, atol=1e-12, msg=lambda m: f"{k}: {m}")
+
+
+def test_memory_budget_too_small_names_the_minimum():
+    net = _net()
+    acts, sw = net.activations(torch.randn(2, *net.in_shape))
+    cfg = FeedbackConfig(iterations=[2, 2, 2])
+    need = minimum_memory_budget(net.block_list()[1:], cfg.resolve(net.feedback_names), 2, 4)
+    with pytest.raises(ValueError, match=rf"too small .* minimum .* \({need} bytes\)"):
+        train_feedback(net, acts, sw, cfg, FeedbackState(), CounterNoise(), 0, backend="torch",
+                       memory_budget=need - 1)
+
+
+def test_dtype_mismatch_names_both():
+    net = _net()
+    acts, sw = net.activations(torch.randn(2, *net.in_shape))
+    acts = [a.double() for a in acts]
+    with pytest.raises(ValueError, match=r"torch.float32 on cpu .* torch.float64 on cpu"):
+        train_feedback(net, acts, sw, FeedbackConfig(iterations=1), FeedbackState(), CounterNoise(), 0,
+                       backend="torch")
+
+
+def test_auto_prefers_a_fast_backend_and_reference_is_always_there():
+    assert resolve_backend("auto", "cpu") != "reference"
+    assert available_backends("cpu")["reference"][0]
