@@ -219,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder; its ldrl/ and bp/ are replaced")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+    from . import bench
+
+    p = sub.add_parser("bench", help="time the feedback phase of one batch per backend, and the backprop step",
+                       description="Time the feedback phase of one batch (in total and per layer) for every "
+                                   "usable backend at the paper's iteration counts, next to the backprop step "
+                                   "of the same network; medians of several repeats, ratios to `reference` "
+                                   "measured in the same run, peak memory, machine and versions.")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
     p = sub.add_parser("info", help="versions, devices, compiled kernels and usable backends",
                        description="Show versions, devices, whether the compiled extension is usable, and which "
                                    "feedback backends can run on each device (and why not).")
