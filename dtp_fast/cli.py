@@ -69,7 +69,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "the usable ones)")
     g.add_argument("--feedback-memory", type=float, default=None, metavar="MIB",
                    help="memory (MiB) the fast backends may use for perturbations precomputed for many "
-                        "iterations at once (default 64); more can be faster")
+                        "iterations at once (default 32); more can be faster")
 
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:1, ...")

@@ -22,11 +22,17 @@ _WHICH = {"x": 0, "y": 1}
 
 
 class NoiseSource:
-    """Interface: ``normal(step, layer, iteration, sample, which, shape, device, dtype)``."""
+    """Interface: ``normal(step, layer, iteration, sample, which, shape, device, dtype)``
+    returns the tensor of a key; ``fill_(out, ...)`` writes it into ``out``."""
 
     def normal(self, *, step: int, layer: int, iteration: int, sample: int, which: str,
                shape, device, dtype) -> torch.Tensor:
         raise NotImplementedError
+
+    def fill_(self, out: torch.Tensor, *, step: int, layer: int, iteration: int, sample: int,
+              which: str) -> torch.Tensor:
+        return out.copy_(self.normal(step=step, layer=layer, iteration=iteration, sample=sample, which=which,
+                                     shape=out.shape, device=out.device, dtype=out.dtype))
 
 
 class CounterNoise(NoiseSource):
@@ -49,6 +55,12 @@ class CounterNoise(NoiseSource):
         gen = torch.Generator().manual_seed(self.key_seed(step, layer, iteration, sample, which))
         out = torch.randn(tuple(shape), generator=gen, dtype=dtype)
         return out.to(device)
+
+    def fill_(self, out, *, step, layer, iteration, sample, which):
+        if out.device.type != "cpu" or not out.is_contiguous():
+            return super().fill_(out, step=step, layer=layer, iteration=iteration, sample=sample, which=which)
+        gen = torch.Generator().manual_seed(self.key_seed(step, layer, iteration, sample, which))
+        return out.normal_(generator=gen)
 
 
 class ExplicitNoise(NoiseSource):

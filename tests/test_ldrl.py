@@ -236,3 +236,16 @@ def test_gradient_matching_after_feedback_training_mlp():
     assert after["fc_2"] < 1e-3  # the last layer's target is the backprop gradient
     for name, angle in after.items():
         assert angle < 30, (name, angle, after)
+
+
+def test_counter_noise_fill_equals_normal():
+    """The fast backends fill preallocated slices; the values must be the reference's."""
+    n = CounterNoise(11)
+    buf = torch.empty(3, 5, 4, 7)
+    n.fill_(buf[1], step=2, layer=1, iteration=4, sample=0, which="y")
+    expected = n.normal(step=2, layer=1, iteration=4, sample=0, which="y", shape=(5, 4, 7), device="cpu",
+                        dtype=torch.float64)
+    assert torch.equal(buf[1], expected)
+    nc = torch.empty(5, 7, 4).transpose(1, 2)  # non-contiguous target: generic path
+    n.fill_(nc, step=2, layer=1, iteration=4, sample=0, which="y")
+    assert torch.equal(nc, expected)

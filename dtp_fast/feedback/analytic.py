@@ -4,16 +4,19 @@ Write G(y; I) = V * h(y; I) + c with h(y; I) = act(unpool(y, I)). With
 dh1 = h(y1; I1) - h(y; I0) and dh2 = h(y + dy; I0) - h(y; I0):
 
     dr_y   = V * dh2
-    grad_V = 2/(S B) * wgrad(input=[dh2; dh1], grad_out=[dr_y; -dx])
-    loss   = 1/(S B) * (-2 <dx, V * dh1> + ||dr_y||^2)      (only when reported)
+    grad_V = 2/(S B) * (wgrad(dh2, dr_y) - A_k),   A_k = wgrad(dh1, dx)
+    loss   = 1/(S B) * (-2 <A_k, V> + ||dr_y||^2)      (only when reported)
 
-The bias c cancels and is left alone. Because F is frozen, dx, the noisy
-forward pass, dh1 and dh2 do not depend on V: they are computed for a chunk of
-iterations at once, in one batched call per layer. Only dr_y, the weight
-gradient and the momentum step stay in the sequential chain, and the layers
-are interleaved (iteration k of every layer before iteration k + 1). For a
-Linear feedback block the chain runs on small precomputed matrices:
-grad_V = 2/(S B) (V C_k - A_k) with C_k = dh2^T dh2 and A_k = dx^T dh1.
+where wgrad(h, g) is the weight gradient of the transposed convolution (or
+matrix product) with input h and output gradient g, and <dx, V * dh1> =
+<A_k, V> by adjointness. The bias c cancels and is left alone. Because F is
+frozen, dx, the noisy forward pass, dh1, A_k and dh2 do not depend on V: they
+are computed for a chunk of iterations at once, the noisy forward pass in one
+batched call per layer, and only dh2 and the weight-sized A_k are kept. The
+sequential chain is one transposed convolution, one weight gradient and the
+momentum step per iteration; the layers are interleaved (iteration k of every
+layer before iteration k + 1). For a Linear feedback block the chain runs on
+small matrices: wgrad(dh2, V dh2) = V C_k with C_k = dh2^T dh2.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from .engine import register_backend
 __all__ = ["AnalyticBackend", "DEFAULT_MEMORY_BUDGET", "minimum_memory_budget", "plan_chunk"]
 
 # Bytes the precomputed perturbations of all layers may take at once.
-DEFAULT_MEMORY_BUDGET = 64 * 2**20
+DEFAULT_MEMORY_BUDGET = 32 * 2**20
 
 
 def _numel(shape) -> int:
@@ -34,38 +37,61 @@ def _numel(shape) -> int:
     return n
 
 
-def iteration_bytes(block, batch: int, samples: int, element_size: int) -> int:
-    """Memory one precomputed iteration of ``block`` takes: dx, dh1, dh2 (and, while
-    they are computed, the noisy pre-activations and switches)."""
-    x, h = _numel(block.in_shape), _numel(block.pre_pool_shape)
-    transient = h + (2 * _numel(block.out_shape) if block.pool is not None else 0)  # z1, y1 + switches
-    return samples * batch * (x + 2 * h + transient) * element_size
+def _stored_and_transient(block, batch: int, samples: int, element_size: int) -> tuple[int, int]:
+    """Bytes one precomputed iteration of ``block`` keeps until it is used (dh2 and A_k,
+    or A_k and C_k for a Linear block), and bytes it needs while it is computed
+    (noise, noisy inputs, the noisy forward pass and its switches, dh1; an upper bound)."""
+    x, h, y, v = (_numel(block.in_shape), _numel(block.pre_pool_shape), _numel(block.out_shape),
+                  block.g_op.weight.numel())
+    n = samples * batch
+    if block.kind == "linear":
+        stored = v + h * h
+    else:
+        stored = n * h + v
+    transient = n * (3 * x + 4 * h + 4 * y)
+    return stored * element_size, transient * element_size
 
 
 def minimum_memory_budget(blocks, hparams, batch: int, element_size: int) -> int:
     """The smallest budget that holds one iteration of every layer at once."""
-    return sum(iteration_bytes(b, batch, hp.samples, element_size) for b, hp in zip(blocks, hparams)
-               if hp.iterations > 0)
+    return _chunk_bytes(1, blocks, hparams, batch, element_size)
+
+
+def _chunk_bytes(n, blocks, hparams, batch, element_size) -> int:
+    """Memory of chunks of n iterations: every layer's stored chunk at once, plus the
+    largest transient (layers precompute one at a time)."""
+    stored = transient = 0
+    for b, hp in zip(blocks, hparams):
+        if hp.iterations > 0:
+            s, t = _stored_and_transient(b, batch, hp.samples, element_size)
+            k = min(n, hp.iterations)
+            stored += k * s
+            transient = max(transient, k * t)
+    return stored + transient
 
 
 def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: int | None) -> int:
-    """The number of iterations every layer precomputes at once: the largest n with
-    sum_i min(n, iters_i) * bytes_i <= budget (None: no limit)."""
-    per_iter = [iteration_bytes(b, batch, hp.samples, element_size) for b, hp in zip(blocks, hparams)]
+    """The number of iterations every layer precomputes at once: the largest n whose
+    chunks fit in ``budget`` bytes (None: no limit)."""
     most = max((hp.iterations for hp in hparams), default=0)
     if budget is None:
         return max(1, most)
     need = minimum_memory_budget(blocks, hparams, batch, element_size)
     if budget < need:
-        detail = ", ".join(f"{n} {b / 2**20:.2f} MiB" for n, b, hp in zip(names, per_iter, hparams) if hp.iterations)
         raise ValueError(
             f"feedback memory budget of {budget / 2**20:.2f} MiB is too small for one iteration of every layer "
-            f"({detail}); the minimum for this network and batch is {need / 2**20:.2f} MiB "
-            f"({need} bytes): raise memory_budget (--feedback-memory) or lower the batch size")
+            f"of {', '.join(n for n, hp in zip(names, hparams) if hp.iterations)}; the minimum for this network "
+            f"and batch is {need / 2**20:.2f} MiB ({need} bytes): raise memory_budget (--feedback-memory) or "
+            f"lower the batch size")
     n = 1
-    while n < most and sum(min(n + 1, hp.iterations) * b for b, hp in zip(per_iter, hparams)) <= budget:
+    while n < most and _chunk_bytes(n + 1, blocks, hparams, batch, element_size) <= budget:
         n += 1
     return n
+
+
+def _empty_in(shape, fmt, like):
+    """An uninitialised tensor of ``shape`` in memory format ``fmt``."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
 
 
 class _Layer:
@@ -100,43 +126,39 @@ class _Layer:
 
     # --------------------------------------------------------------- precompute
     def _eps(self, which, shape, k0, n):
+        """Standard-normal noise of iterations k0 .. k0 + n - 1, all samples: (n * S, *shape)."""
         hp, ref = self.hp, self.x
-        draws = [self.noise.normal(step=self.step, layer=self.index, iteration=k, sample=s, which=which,
-                                   shape=shape, device=ref.device, dtype=ref.dtype)
-                 for k in range(k0, k0 + n) for s in range(hp.samples)]
-        return torch.stack(draws)  # (n * S, B, ...)
+        out = torch.empty(n * hp.samples, *shape, device=ref.device, dtype=ref.dtype)
+        i = 0
+        for k in range(k0, k0 + n):
+            for s in range(hp.samples):
+                self.noise.fill_(out[i], step=self.step, layer=self.index, iteration=k, sample=s, which=which)
+                i += 1
+        return out
 
     def _prepare(self, k0: int) -> None:
-        """dx, dh1, dh2 for iterations k0 .. k0 + n - 1, in one batched pass."""
+        """A_k (and C_k or dh2) for iterations k0 .. k0 + n - 1, in one batched pass."""
         hp, B = self.hp, self.B
         n = min(self.chunk, hp.iterations - k0)
-        m = n * hp.samples
-        sigma = hp.noise
+        SB = hp.samples * B
+        fmt = self.fmt
+        eps_x = self._eps("x", self.x.shape, k0, n).flatten(0, 1)                         # (n*S*B, *x)
+        dx = torch.mul(eps_x, hp.noise, out=_empty_in(eps_x.shape, fmt, eps_x)).unflatten(0, (-1, B))
+        del eps_x
+        dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)          # (n*S*B, *h)
+        dh1 = dh1.contiguous(memory_format=fmt)
+        eps_y = self._eps("y", self.y.shape, k0, n).flatten(0, 1).contiguous(memory_format=fmt)
+        dh2 = self.engine.dh2(self.block, self.y, eps_y, hp.noise, self.switches, self.h0)
+        dh2 = dh2.contiguous(memory_format=fmt)
         if self.linear:
-            dx = self._eps("x", self.x.shape, k0, n).mul_(sigma)                          # (m, B, *x)
-            dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)
-            eps_y = self._eps("y", self.y.shape, k0, n).flatten(0, 1)
-            dh2 = self.engine.dh2(self.block, self.y, eps_y, sigma, self.switches, self.h0)
-            dx = dx.reshape(n, hp.samples * B, -1)
-            dh1 = dh1.reshape(n, hp.samples * B, -1)
-            dh2 = dh2.reshape(n, hp.samples * B, -1)
+            dx, dh1, dh2 = (t.reshape(n, SB, -1) for t in (dx, dh1, dh2))
             self.A = torch.bmm(dx.transpose(1, 2), dh1)      # (n, d_in, d_out)
             self.C = torch.bmm(dh2.transpose(1, 2), dh2)     # (n, d_out, d_out)
         else:
-            # P[j] = [dh2; dh1] and Q[j] = [dr_y; -dx]: the two halves of iteration j's weight
-            # gradient, adjacent in memory so that one call covers both without a copy.
-            SB, (C, H, W), (Ci, Hi, Wi) = hp.samples * B, self.h0.shape[1:], self.x.shape[1:]
-            dev, dt = self.x.device, self.x.dtype
-            self.P = torch.empty(n, 2, SB, H, W, C, device=dev, dtype=dt).permute(0, 1, 2, 5, 3, 4)
-            self.Q = torch.empty(n, 2, SB, Hi, Wi, Ci, device=dev, dtype=dt).permute(0, 1, 2, 5, 3, 4)
-            neg_dx = self.Q[:, 1]
-            eps_x = self._eps("x", self.x.shape, k0, n).view(n, SB, Ci, Hi, Wi)
-            torch.mul(eps_x, -sigma, out=neg_dx)            # -dx = (-sigma) * eps, exactly -(sigma * eps)
-            xin = (self.x - neg_dx.reshape(m, B, Ci, Hi, Wi)).flatten(0, 1)   # x + dx, bit for bit
-            self.P[:, 1] = self.engine.dh1(self.block, xin, self.h0).view(n, SB, C, H, W)
-            eps_y = self._eps("y", self.y.shape, k0, n).flatten(0, 1)
-            self.P[:, 0] = self.engine.dh2(self.block, self.y, eps_y, sigma, self.switches,
-                                           self.h0).view(n, SB, C, H, W)
+            dx = dx.reshape(n, SB, *dx.shape[2:])
+            dh1 = dh1.reshape(n, SB, *dh1.shape[1:])
+            self.A = torch.stack([self._wgrad(dh1[j], dx[j]) for j in range(n)])
+            self.dh2 = dh2.reshape(n, SB, *dh2.shape[1:])
         self.start, self.held = k0, n
 
     # --------------------------------------------------------------- the chain
@@ -157,20 +179,18 @@ class _Layer:
         if k >= self.start + self.held:
             self._prepare(k)
         j = k - self.start
-        V = self.Vw
+        V, A = self.Vw, self.A[j]
         if self.linear:
-            A, C = self.A[j], self.C[j]
-            VC = V @ C
-            if want_loss:
-                self.losses.append(self.scale * (-2 * (A * V).sum() + (VC * V).sum()))
-            grad = (VC - A).mul_(2 * self.scale)
+            quad = V @ self.C[j]                   # wgrad(dh2, V dh2)
+            sq = (quad * V).sum() if want_loss else None
         else:
-            P, Q = self.P[j], self.Q[j]
-            dr_y = self._conv_t(P[0])
-            Q[0].copy_(dr_y)
-            if want_loss:
-                self.losses.append(self.scale * (2 * (Q[1] * self._conv_t(P[1])).sum() + dr_y.pow(2).sum()))
-            grad = self._wgrad(P.flatten(0, 1), Q.flatten(0, 1)).mul_(2 * self.scale)
+            dh2 = self.dh2[j]
+            dr_y = self._conv_t(dh2)
+            quad = self._wgrad(dh2, dr_y)
+            sq = dr_y.pow(2).sum() if want_loss else None
+        if want_loss:
+            self.losses.append(self.scale * (sq - 2 * (A * V).sum()))
+        grad = quad.sub_(A).mul_(2 * self.scale)
         hp = self.hp
         if hp.weight_decay:
             grad.add_(V, alpha=hp.weight_decay)
