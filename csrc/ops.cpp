@@ -26,6 +26,8 @@ namespace {
 const char* const kOpNames[] = {
     "dtp_fast::act_pool2d",
     "dtp_fast::unpool_act2d",
+    "dtp_fast::pool_unpool_diff",
+    "dtp_fast::noisy_unpool_diff",
     "dtp_fast::build_info",
 };
 
@@ -102,6 +104,19 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "unpool_act2d(Tensor y, Tensor indices, int act, int[2] output_size) "
       "-> Tensor");
+  // L-DRL feedback engine (ALGORITHM.md section 5), for M copies of a batch
+  // of B: z1 (M*B, C, H, W), h0 (B, C, H, W) repeated over the copies.
+  // dh1 = unpool_act2d(act_pool2d(z1)) - h0: returns (M*B, C, H, W) in the
+  // memory format of z1.
+  m.def(
+      "pool_unpool_diff(Tensor z1, Tensor h0, int act, int[2] kernel_size, "
+      "int[2] stride, int[2] padding) -> Tensor");
+  // dh2 = unpool_act2d(y + sigma * eps, indices, output_size) - h0 with
+  // y, indices (B, C, Hp, Wp), eps (M*B, C, Hp, Wp), h0 (B, C, H, W): returns
+  // (M*B, C, H, W) in the memory format of eps.
+  m.def(
+      "noisy_unpool_diff(Tensor y, Tensor eps, float sigma, Tensor indices, "
+      "Tensor h0, int act, int[2] output_size) -> Tensor");
   m.def("build_info() -> str", &build_info);
 }
 

@@ -111,6 +111,32 @@ inline void check_unpool_args(const char* op, const at::Tensor& y,
               ": output_size must be positive, got ", output_size);
 }
 
+// Checks shared by the L-DRL ops (pool_unpool_diff, noisy_unpool_diff).
+inline void check_ldrl_4d(const char* op, const char* name, const char* shape,
+                          const at::Tensor& t) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D ", shape, ", got ",
+              t.dim(), "-D tensor of shape ", t.sizes());
+}
+
+inline void check_same_dtype(const char* op, const char* name_a,
+                             const at::Tensor& a, const char* name_b,
+                             const at::Tensor& b) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", name_a, " and ",
+              name_b, " must have the same dtype, got ", a.scalar_type(),
+              " and ", b.scalar_type());
+}
+
+// The batch of `copies` (M*B: M noisy copies of a batch) must be a whole
+// multiple of the batch B of `batch`.
+inline void check_copies(const char* op, const char* copies_name,
+                         int64_t copies, const char* batch_name,
+                         int64_t batch) {
+  TORCH_CHECK(batch > 0 ? copies % batch == 0 : copies == 0, op, ": the batch "
+              "size of ", copies_name, " (", copies, ") must be a multiple of "
+              "the batch size of ", batch_name, " (", batch, "): ",
+              copies_name, " holds M copies of a batch of ", batch_name);
+}
+
 // Op entry points (one definition per backend, bound in TORCH_LIBRARY_IMPL).
 std::tuple<at::Tensor, at::Tensor> act_pool2d_cpu(const at::Tensor& z,
                                                   int64_t act,
@@ -120,5 +146,18 @@ std::tuple<at::Tensor, at::Tensor> act_pool2d_cpu(const at::Tensor& z,
 
 at::Tensor unpool_act2d_cpu(const at::Tensor& y, const at::Tensor& indices,
                             int64_t act, at::IntArrayRef output_size);
+
+// dh1 = ACT(max_unpool2d(max_pool2d(ACT(z1)), switches)) - h0 (h0 repeated over
+// the M copies of z1), without materialising the pooled tensor or switches.
+at::Tensor pool_unpool_diff_cpu(const at::Tensor& z1, const at::Tensor& h0,
+                                int64_t act, at::IntArrayRef kernel_size,
+                                at::IntArrayRef stride, at::IntArrayRef padding);
+
+// dh2 = ACT(max_unpool2d(y + sigma * eps, indices)) - h0 (y, indices and h0
+// repeated over the M copies of eps).
+at::Tensor noisy_unpool_diff_cpu(const at::Tensor& y, const at::Tensor& eps,
+                                 double sigma, const at::Tensor& indices,
+                                 const at::Tensor& h0, int64_t act,
+                                 at::IntArrayRef output_size);
 
 }  // namespace dtp_fast

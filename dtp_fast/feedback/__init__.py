@@ -21,10 +21,12 @@ from .engine import (
 )
 from .reference import ReferenceBackend, ldrl_loss  # registers the backend
 from .analytic import DEFAULT_MEMORY_BUDGET, AnalyticBackend  # registers the backend
+from .fused import FusedCPUBackend  # registers the backend
 
 __all__ = [
     "AnalyticBackend",
     "DEFAULT_MEMORY_BUDGET",
+    "FusedCPUBackend",
     "BackendUnavailableError",
     "FeedbackConfig",
     "FeedbackState",
