@@ -6,7 +6,7 @@ import dataclasses
 import torch
 
 from .data import load_dataset
-from .presets import ARCH_KEYS, get_preset
+from .presets import ALIASES, ARCH_KEYS, PER_LAYER_KEYS, normalize_settings, per_layer_values, resolve_preset
 from .trainer import TrainConfig, Trainer
 
 __all__ = ["make_run", "train"]
@@ -14,33 +14,43 @@ __all__ = ["make_run", "train"]
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def make_run(preset: str = "simple_vgg", dataset: str = "digits", data=None, *, out=None, resume: bool = False,
+def make_run(preset: str = "simple_vgg", dataset: str | None = None, data=None, *, out=None, resume: bool = False,
              **settings):
     """Build the network, data set and :class:`Trainer` of a preset run.
 
-    ``settings`` override the preset's defaults for the data set: any
-    :class:`TrainConfig` field (``epochs``, ``lr``, ``feedback_iters``, ...) or
-    an architecture setting of the preset (``channels`` for simple_vgg/lenet,
-    ``hidden`` for mlp/lenet). The network is initialised from ``seed``.
+    ``preset`` is a network (``simple_vgg``, ``lenet``, ``mlp``) whose defaults
+    depend on ``dataset`` (default ``digits``), or a paper experiment
+    (``cifar10-vgg-ldrl``, ... see ``dtp_fast.presets.RECIPES``) that also fixes
+    the data set and the algorithm. ``settings`` override the defaults: any
+    :class:`TrainConfig` field (``epochs``, ``lr``, ``feedback_iters``, ...), an
+    architecture setting (``channels``, ``hidden``), or the reference
+    implementation's names (``feedback_training_iterations``, ``b_optim.lr``,
+    ``f_optim.lr``, ...). Per-layer settings also take ``{layer name: value}``
+    for just some layers. The network is initialised from ``seed``.
     """
-    p = get_preset(preset)
+    p, dataset, defaults = resolve_preset(preset, dataset)
     ds = load_dataset(dataset, data)
-    merged = {**p.defaults(dataset), **{k: v for k, v in settings.items() if v is not None}}
+    given = normalize_settings({k: v for k, v in settings.items() if v is not None})
+    merged = {**defaults, **given}
     unknown = set(merged) - _CONFIG_FIELDS - ARCH_KEYS
     if unknown:
-        raise ValueError(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(_CONFIG_FIELDS | ARCH_KEYS)}")
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(_CONFIG_FIELDS | ARCH_KEYS)} "
+                         f"and the aliases {sorted(ALIASES)}")
     arch = {k: merged.pop(k) for k in list(merged) if k in ARCH_KEYS}
-    config = TrainConfig(**merged)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(merged.get("seed", 0))
     try:
         net = p.build(ds.in_shape, ds.num_classes, **arch)
     except TypeError as err:
-        raise ValueError(f"preset {preset!r} does not take {sorted(arch)}: {err}") from err
+        raise ValueError(f"preset {p.name!r} does not take {sorted(arch)}: {err}") from err
+    for key in PER_LAYER_KEYS:
+        if key in merged:
+            merged[key] = per_layer_values(key, merged[key], defaults.get(key), net.feedback_names)
+    config = TrainConfig(**merged)
     info = {"preset": preset, "dataset": dataset, "arch": arch}
     return Trainer(net, ds, config, out=out, resume=resume, info=info)
 
 
-def train(preset: str = "simple_vgg", dataset: str = "digits", data=None, *, out=None, resume: bool = False,
+def train(preset: str = "simple_vgg", dataset: str | None = None, data=None, *, out=None, resume: bool = False,
           **settings) -> dict:
     """Train a preset on a data set and return the run's summary (see :func:`make_run`)."""
     return make_run(preset, dataset, data, out=out, resume=resume, **settings).fit()

@@ -10,28 +10,69 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def _per_layer_list(cast, what):
+    def parse(text: str):
+        """``1,2,3`` (one per layer, or one for all) or ``conv_3=0.01,fc=0.2`` (some layers by name)."""
+        parts = [v.strip() for v in text.split(",") if v.strip()]
+        try:
+            if any("=" in v for v in parts):
+                pairs = [v.split("=", 1) for v in parts]
+                return {name.strip(): cast(val) for name, val in pairs}
+            return [cast(v) for v in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, or layer=value pairs, got {text!r}") from None
+    return parse
 
 
-def _float_list(text: str) -> list[float]:
+_int_list = _per_layer_list(int, "integers")
+_float_list = _per_layer_list(float, "numbers")
+
+
+def _key_value(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        value = json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    return key.strip(), value
+
+
+def _load_config(path: str) -> dict:
+    """Settings from a JSON or YAML file (YAML needs PyYAML)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{p} is YAML: install PyYAML (pip install pyyaml) or give a JSON file") from None
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {p} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p} must hold a mapping of setting names to values")
+    return data
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--preset", default=None,
-                   help="network and default settings: simple_vgg, lenet or mlp (default simple_vgg); "
-                        "`--list-presets` shows them")
+                   help="a network with default settings per data set (simple_vgg, the default; lenet; mlp) or "
+                        "a paper experiment that also fixes the data set and algorithm (cifar10-vgg-ldrl, "
+                        "cifar10-vgg-bp, imagenet32-vgg-ldrl, imagenet32-vgg-bp, cifar10-lenet-ldrl); "
+                        "`--list-presets` shows them all")
     g.add_argument("--list-presets", action="store_true", help="list the presets and their settings, then exit")
     g.add_argument("--dataset", default=None,
-                   help="digits (embedded, no download; the default) or cifar10 (needs --data)")
+                   help="digits (embedded, no download; the default for network presets), cifar10 or imagenet32 "
+                        "(both need --data)")
     g.add_argument("--data", default=None,
                    help="where the data set lives: for cifar10 the cifar-10-batches-py folder, an ImageFolder "
                         "tree (train/<class>/*.jpg, test/<class>/...) or a .tar.gz of one; "
@@ -56,8 +97,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random flip + edge-padded crop of the training images (default: on for cifar10)")
 
-    g = p.add_argument_group("DTP / L-DRL (per-layer values: one per trained feedback layer, comma-separated, "
-                             "or one for all)")
+    g = p.add_argument_group("DTP / L-DRL (per-layer values: one per trained feedback layer, comma-separated; "
+                             "one for all; or some layers by name, e.g. conv_3=0.01,fc=0.2)")
     g.add_argument("--beta", type=float, default=None, help="step size of the first target")
     g.add_argument("--feedback-iters", type=_int_list, default=None, help="feedback SGD steps per batch, per layer")
     g.add_argument("--feedback-lr", type=_float_list, default=None, help="feedback SGD learning rate, per layer")
@@ -70,6 +111,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feedback-memory", type=float, default=None, metavar="MIB",
                    help="memory (MiB) the fast backends may use for perturbations precomputed for many "
                         "iterations at once (default 32); more can be faster")
+
+    g = p.add_argument_group("settings from elsewhere")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="settings from a JSON or YAML file; the reference implementation's names "
+                        "(feedback_training_iterations, b_optim.lr, f_optim.lr, ...) are accepted; flags override it")
+    g.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="any other setting, VALUE parsed as JSON when it can be (e.g. --set t_max=85 "
+                        "--set 'feedback_iters=[20,30,35,55,20]' --set b_optim.momentum=0.9); repeatable")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also log metrics to OUT/tensorboard (needs the tensorboard package)")
 
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -91,39 +142,47 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 _RUN_KEYS = ("preset", "dataset", "data")
 _SETTING_KEYS = ("algo", "channels", "hidden", "epochs", "batch_size", "limit_batches", "lr", "momentum",
                  "weight_decay", "t_max", "eta_min", "augment", "beta", "feedback_iters", "feedback_lr", "noise",
-                 "feedback_momentum", "feedback_samples", "feedback_memory", "backend", "device", "dtype", "seed", "diagnostics",
+                 "feedback_momentum", "feedback_samples", "feedback_memory", "tensorboard", "backend", "device", "dtype", "seed", "diagnostics",
                  "progress")
 
 
 def _list_presets() -> None:
-    from .presets import PRESETS
+    from .presets import PRESETS, RECIPES
+    print("Paper experiments (network, data set, algorithm and every setting):")
+    for r in RECIPES.values():
+        print(f"  {r.name}: {r.description}")
+        print("    " + ", ".join(f"{k}={v}" for k, v in r.settings.items()))
+    print("Networks (defaults per data set; the first is used for other data sets):")
     for p in PRESETS.values():
-        print(f"{p.name}: {p.description}")
+        print(f"  {p.name}: {p.description}")
         for ds, s in p.settings.items():
-            print(f"  {ds}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+            print(f"    {ds}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
 
 
 def cmd_train(args) -> int:
     from .api import make_run
+    from .presets import normalize_settings, resolve_preset
     from .utils import atomic_write_json
 
     if args.list_presets:
         _list_presets()
         return 0
-    given = {k: getattr(args, k) for k in _RUN_KEYS + _SETTING_KEYS if getattr(args, k) is not None}
+    given = normalize_settings(_load_config(args.config)) if args.config else {}
+    given.update(normalize_settings(dict(args.set)))
+    given.update({k: getattr(args, k) for k in _RUN_KEYS + _SETTING_KEYS if getattr(args, k) is not None})
     if args.resume:
         if args.out is None:
             raise SystemExit("error: --resume needs --out, the folder of the run to continue")
         saved = Path(args.out) / "config.json"
         if saved.exists():
             given = {**json.loads(saved.read_text()), **given}
-    run = {"preset": "simple_vgg", "dataset": "digits", "data": None, "seed": 0, "algo": "ldrl", **given}
-    out = Path(args.out or f"runs/{run['preset']}-{run['dataset']}-{run['algo']}-seed{run['seed']}")
-    trainer = make_run(run.pop("preset"), run.pop("dataset"), run.pop("data"), out=out, resume=args.resume,
-                       **run)
-    atomic_write_json({k: v for k, v in given.items() if k not in ("progress",)}
-                      | {"preset": trainer.info["preset"], "dataset": trainer.info["dataset"]},
-                      out / "config.json")
+    preset, data = given.pop("preset", "simple_vgg"), given.pop("data", None)
+    _, dataset, defaults = resolve_preset(preset, given.pop("dataset", None))
+    algo, seed = given.get("algo", defaults.get("algo", "ldrl")), given.get("seed", defaults.get("seed", 0))
+    out = Path(args.out or f"runs/{preset}-{dataset}-{algo}-seed{seed}")
+    trainer = make_run(preset, dataset, data, out=out, resume=args.resume, **given)
+    atomic_write_json({"preset": preset, "dataset": dataset, "data": data}
+                      | {k: v for k, v in given.items() if k != "progress"}, out / "config.json")
     summary = trainer.fit()
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -16,7 +16,8 @@ from torch import nn
 
 from .blocks import DTPNet, from_sequential
 
-__all__ = ["Preset", "PRESETS", "get_preset", "simple_vgg", "lenet", "mlp"]
+__all__ = ["Preset", "PRESETS", "RECIPES", "ALIASES", "Recipe", "get_preset", "resolve_preset", "normalize_settings",
+           "simple_vgg", "lenet", "mlp"]
 
 
 def simple_vgg_sequential(in_shape, num_classes: int, channels: Sequence[int] = (128, 128, 256, 256, 512)) -> nn.Sequential:
@@ -128,9 +129,108 @@ PRESETS: dict[str, Preset] = {
 
 # keys of a preset's settings that shape the network rather than the training
 ARCH_KEYS = {"channels", "hidden"}
+# settings that take one value per trained feedback layer (a list, one value, or {layer: value})
+PER_LAYER_KEYS = ("feedback_iters", "feedback_lr", "noise")
+
+
+@dataclass
+class Recipe:
+    """A paper experiment: a network preset, its data set and every setting (algo included)."""
+    name: str
+    description: str
+    preset: str
+    dataset: str
+    settings: dict
+
+
+_PAPER_IMAGENET32_VGG = dict(
+    _PAPER_CIFAR_VGG, feedback_iters=[25, 35, 40, 60, 25], lr=0.01, batch_size=256, epochs=90, t_max=None)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    Recipe("cifar10-vgg-ldrl", "CIFAR-10, SimpleVGG, L-DRL: the paper's main result", "simple_vgg", "cifar10",
+           dict(_PAPER_CIFAR_VGG, algo="ldrl")),
+    Recipe("cifar10-vgg-bp", "CIFAR-10, SimpleVGG, backprop baseline (same schedule)", "simple_vgg", "cifar10",
+           dict(_PAPER_CIFAR_VGG, algo="bp")),
+    Recipe("imagenet32-vgg-ldrl", "ImageNet 32x32, SimpleVGG, L-DRL", "simple_vgg", "imagenet32",
+           dict(_PAPER_IMAGENET32_VGG, algo="ldrl")),
+    Recipe("imagenet32-vgg-bp", "ImageNet 32x32, SimpleVGG, backprop baseline", "simple_vgg", "imagenet32",
+           dict(_PAPER_IMAGENET32_VGG, algo="bp")),
+    Recipe("cifar10-lenet-ldrl", "CIFAR-10, LeNet, L-DRL (the theory checks' network)", "lenet", "cifar10",
+           dict(_PAPER_CIFAR_LENET, algo="ldrl")),
+]}
+
+# The reference implementation's hyperparameter names, so its users can bring their configs.
+ALIASES = {
+    "feedback_training_iterations": "feedback_iters",
+    "b_optim.lr": "feedback_lr",
+    "b_optim.momentum": "feedback_momentum",
+    "b_optim.weight_decay": "feedback_weight_decay",
+    "f_optim.lr": "lr",
+    "f_optim.momentum": "momentum",
+    "f_optim.weight_decay": "weight_decay",
+    "scheduler.T_max": "t_max",
+    "scheduler.eta_min": "eta_min",
+    "max_epochs": "epochs",
+    "feedback_samples_per_iteration": "feedback_samples",
+    "noise_samples": "feedback_samples",
+}
+
+
+def normalize_settings(settings: dict) -> dict:
+    """Canonical setting names: nested dicts are flattened with dots (``{"b_optim": {"lr": x}}``
+    is ``b_optim.lr``) and the reference implementation's names are mapped to ours."""
+    flat: dict = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and key not in PER_LAYER_KEYS and ALIASES.get(key) not in PER_LAYER_KEYS:
+                walk(v, key + ".")
+            else:
+                flat[key] = v
+
+    walk(settings)
+    out: dict = {}
+    for key, value in flat.items():
+        name = ALIASES.get(key, key)
+        if name in out:
+            raise ValueError(f"setting {name!r} is given twice (as {key!r} and under another name)")
+        out[name] = value
+    return out
 
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+        raise ValueError(f"unknown preset {name!r}; choose a network ({', '.join(sorted(PRESETS))}) or a paper "
+                         f"experiment ({', '.join(RECIPES)})")
     return PRESETS[name]
+
+
+def resolve_preset(name: str, dataset: str | None) -> tuple[Preset, str, dict]:
+    """``(network preset, data set, default settings)`` for a preset or recipe name."""
+    if name in RECIPES:
+        r = RECIPES[name]
+        return get_preset(r.preset), dataset or r.dataset, dict(r.settings)
+    p = get_preset(name)
+    dataset = dataset or "digits"
+    return p, dataset, p.defaults(dataset)
+
+
+def per_layer_values(key: str, value, base, layers) -> list | object:
+    """Expand ``{layer: value}`` over ``base`` (the preset's list or single value) for ``layers``."""
+    if not isinstance(value, dict):
+        return value
+    if base is None:
+        raise ValueError(f"{key}: values by layer name need a default for the other layers; give all of "
+                         f"{', '.join(layers)}")
+    full = list(base) if isinstance(base, (list, tuple)) else [base] * len(layers)
+    if len(full) == 1:
+        full = full * len(layers)
+    if len(full) != len(layers):
+        raise ValueError(f"{key}: the default has {len(full)} values but the network has {len(layers)} trainable "
+                         f"feedback layers: {', '.join(layers)}")
+    for name, v in value.items():
+        if name not in layers:
+            raise ValueError(f"{key}: unknown layer {name!r}; the trainable feedback layers are {', '.join(layers)}")
+        full[layers.index(name)] = v
+    return full

@@ -51,6 +51,7 @@ class TrainConfig:
     feedback_lr: float | Sequence[float] = 1e-3
     noise: float | Sequence[float] = 0.1
     feedback_momentum: float = 0.9
+    feedback_weight_decay: float = 0.0
     feedback_samples: int = 1
     feedback_memory: float | None = None   # MiB for precomputed perturbations (fast backends); None: default
     backend: str = "auto"
@@ -61,6 +62,7 @@ class TrainConfig:
     augment: bool | None = None       # None: the data set's default
     diagnostics: bool = True          # alignment angles after every epoch
     progress: bool = True
+    tensorboard: bool = False         # also log to out/tensorboard (needs the tensorboard package)
 
     def validate(self) -> None:
         if self.algo not in ALGOS:
@@ -77,7 +79,8 @@ class TrainConfig:
 
     def feedback_config(self) -> FeedbackConfig:
         return FeedbackConfig(iterations=self.feedback_iters, lr=self.feedback_lr, noise=self.noise,
-                              momentum=self.feedback_momentum, samples=self.feedback_samples)
+                              momentum=self.feedback_momentum, weight_decay=self.feedback_weight_decay,
+                              samples=self.feedback_samples)
 
 
 def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -323,7 +326,39 @@ class Trainer:
             atomic_write_json(summary, self.out / "summary.json")
         return summary
 
+    def _tensorboard(self):
+        """The TensorBoard writer, or None (not asked for, no output folder, or not installed)."""
+        if not self.config.tensorboard or self.out is None:
+            return None
+        if getattr(self, "_tb", None) is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warnings.warn("tensorboard logging was asked for but the tensorboard package is not installed "
+                              "(pip install tensorboard); metrics still go to metrics.jsonl")
+                self.config.tensorboard = False
+                return None
+            self._tb = SummaryWriter(str(self.out / "tensorboard"))
+        return self._tb
+
+    def _log_tensorboard(self, record: dict) -> None:
+        tb = self._tensorboard()
+        if tb is None:
+            return
+        epoch = record["epoch"]
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                tb.add_scalar(key, value, epoch)
+        for name, a in record.get("alignment", {}).items():
+            tb.add_scalar(f"alignment_angle/{name}", a["angle_deg"], epoch)
+        for name, angle in record.get("gradient_angle_deg", {}).items():
+            tb.add_scalar(f"gradient_angle/{name}", angle, epoch)
+        for name, loss in record.get("feedback_loss", {}).items():
+            tb.add_scalar(f"feedback_loss/{name}", loss, epoch)
+        tb.flush()
+
     def _log(self, record: dict) -> None:
+        self._log_tensorboard(record)
         if self.config.progress:
             msg = (f"epoch {record['epoch']}/{self.config.epochs}  train loss {record['train_loss']:.4f}  "
                    f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
