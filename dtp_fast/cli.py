@@ -77,8 +77,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="where the data set lives: for cifar10 the cifar-10-batches-py folder, an ImageFolder "
                         "tree (train/<class>/*.jpg, test/<class>/...) or a .tar.gz of one; "
                         "default: $DTP_FAST_DATA")
-    g.add_argument("--algo", choices=["ldrl", "bp"], default=None,
-                   help="ldrl: DTP with L-DRL feedback training (default); bp: backprop baseline")
+    g.add_argument("--algo", choices=["ldrl", "bp", "parallel", "dtp", "tp", "drl"], default=None,
+                   help="ldrl: DTP with L-DRL feedback training (default); bp: backprop baseline; parallel: "
+                        "L-DRL with one iteration and many noise samples per batch; dtp: vanilla DTP (Lee et al. "
+                        "2015, reconstruction loss); tp: target propagation; drl: direct linear feedback trained "
+                        "with the difference reconstruction loss (Meulemans et al. 2020)")
     g.add_argument("--channels", type=_int_list, default=None,
                    help="conv channels per block, comma-separated (simple_vgg, lenet)")
     g.add_argument("--hidden", type=_int_list, default=None, help="hidden widths, comma-separated (mlp)")

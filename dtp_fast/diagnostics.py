@@ -38,14 +38,16 @@ def weight_alignment(net) -> dict:
             for i, name in enumerate(net.feedback_names, start=1)}
 
 
-def gradient_alignment(net, x: torch.Tensor, labels: torch.Tensor, beta: float = 0.005) -> dict:
+def gradient_alignment(net, x: torch.Tensor, labels: torch.Tensor, beta: float = 0.005,
+                       rule: str = "difference") -> dict:
     """Per forward layer: angle (degrees) between the backprop gradient of the mean
     cross-entropy and the DTP update (gradient of the local losses with a small
-    ``beta``, divided by ``beta``), weights only."""
+    ``beta``, divided by ``beta``), weights only. ``rule`` is the target rule of
+    the method (``"difference"`` for DTP/L-DRL, ``"tp"``, ``"direct"`` for DRL)."""
     weights = [b.f_op.weight for b in net.block_list()]
     with torch.enable_grad():
         bp = torch.autograd.grad(F.cross_entropy(net(x), labels), weights)
-        loss, _ = dtp_loss(net, x, labels, beta)
+        loss, _ = dtp_loss(net, x, labels, beta, rule=rule)
         dtp = torch.autograd.grad(loss, weights)
     return {name: angle_and_distance(g_bp, g_dtp / beta)["angle_deg"]
             for name, g_bp, g_dtp in zip(net.names, bp, dtp)}

@@ -17,16 +17,30 @@ def first_target(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> tor
 
 
 @torch.no_grad()
-def propagate_targets(net, acts, switches, top_target: torch.Tensor) -> list[torch.Tensor]:
-    """DTP difference rule downward: ``t_{i-1} = s_{i-1} + G_i(t_i) - G_i(s_i)``,
-    unpooling with the switches of the clean forward pass. Returns ``t_0 .. t_{N-1}``."""
+def propagate_targets(net, acts, switches, top_target: torch.Tensor, rule: str = "difference") -> list[torch.Tensor]:
+    """Targets ``t_0 .. t_{N-1}`` from the output target downward, with the clean pass's switches.
+
+    rule ``"difference"`` (DTP): ``t_{i-1} = s_{i-1} + G_i(t_i) - G_i(s_i)``;
+    ``"tp"`` (target propagation): ``t_{i-1} = G_i(t_i)``;
+    ``"direct"`` (DRL's direct feedback): ``t_i = s_i + Q_i (t_{N-1} - s_{N-1})``.
+    """
     blocks = net.block_list()
-    targets = [None] * len(blocks)
+    n = len(blocks)
+    targets = [None] * n
     targets[-1] = top_target
-    for i in range(len(blocks) - 1, 0, -1):
+    if rule == "direct":
+        e = top_target - acts[-1].detach()
+        for i, name in enumerate(net.names[:-1]):
+            targets[i] = acts[i].detach() + net.direct[name](e).view_as(acts[i])
+        return targets
+    for i in range(n - 1, 0, -1):
         g = blocks[i]
-        s_i, s_prev = acts[i].detach(), acts[i - 1].detach()
-        targets[i - 1] = s_prev + g.g(targets[i], switches[i]) - g.g(s_i, switches[i])
+        if rule == "tp":
+            targets[i - 1] = g.g(targets[i], switches[i])
+        elif rule == "difference":
+            targets[i - 1] = acts[i - 1].detach() + g.g(targets[i], switches[i]) - g.g(acts[i].detach(), switches[i])
+        else:
+            raise ValueError(f"unknown target rule {rule!r}; choose difference, tp or direct")
     return targets
 
 
@@ -35,15 +49,17 @@ def local_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return 0.5 * (s - t).pow(2).flatten(1).sum(1).mean()
 
 
-def dtp_loss(net, x: torch.Tensor, labels: torch.Tensor, beta: float, acts=None, switches=None):
+def dtp_loss(net, x: torch.Tensor, labels: torch.Tensor, beta: float, acts=None, switches=None,
+             rule: str = "difference"):
     """The summed layer-local DTP loss of one batch, differentiable in the forward weights only.
 
     ``acts``/``switches`` may be passed in from ``net.activations(x, detach_inputs=True)``
-    to avoid a second forward pass. Returns ``(loss, logits)``.
+    to avoid a second forward pass; ``rule`` is the target rule (see
+    :func:`propagate_targets`). Returns ``(loss, logits)``.
     """
     if acts is None:
         acts, switches = net.activations(x, detach_inputs=True)
-    targets = propagate_targets(net, acts, switches, first_target(acts[-1], labels, beta))
+    targets = propagate_targets(net, acts, switches, first_target(acts[-1], labels, beta), rule)
     loss = sum(local_loss(s, t) for s, t in zip(acts, targets))
     return loss, acts[-1]
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .data import Dataset, Loader
 from .diagnostics import gradient_alignment, weight_alignment
 from .dtp import bp_loss, dtp_loss
+from .family import TARGET_RULES, ensure_direct_feedback, train_family_feedback
 from .feedback import FeedbackConfig, FeedbackState, resolve_backend, train_feedback
 from .noise import CounterNoise, NoiseSource
 from .utils import Stopwatch, atomic_save, atomic_write_json, resolve_device, versions
@@ -23,7 +24,7 @@ from .utils import Stopwatch, atomic_save, atomic_write_json, resolve_device, ve
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-ALGOS = ("ldrl", "bp")
+ALGOS = ("ldrl", "bp", "parallel", "dtp", "tp", "drl")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,12 +119,18 @@ class Trainer:
         self.dataset = dataset
         self.info = dict(info or {})
         self.out = Path(out) if out is not None else None
-        if config.algo == "ldrl":
+        self.backend = self.fb_hparams = None
+        self.rule = TARGET_RULES.get(config.algo)
+        if config.algo in ("ldrl", "parallel"):
             self.backend = resolve_backend(config.backend, self.device)
-            self.fb_hparams = config.feedback_config().resolve(net.feedback_names)
-        else:
-            self.backend = None
-            self.fb_hparams = None
+        if config.algo == "drl":
+            ensure_direct_feedback(net)
+        if config.algo != "bp":
+            fb = config.feedback_config()
+            if config.algo == "parallel":  # one iteration per batch, the layer's iterations as noise samples
+                iters = fb.resolve(net.feedback_names)
+                fb.iterations, fb.samples = 1, max(config.feedback_samples, max(h.iterations for h in iters))
+            self.fb_hparams = fb.resolve(net.feedback_names)
         self.fb_state = FeedbackState()
         self.memory_budget = ("default" if config.feedback_memory is None
                               else int(config.feedback_memory * 2**20))
@@ -215,18 +222,22 @@ class Trainer:
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         stats = {}
-        if self.config.algo == "ldrl":
+        if self.config.algo != "bp":
             with watch("forward"):
                 acts, switches = self.net.activations(x, detach_inputs=True)
             with watch("feedback"), torch.no_grad():
-                stats = train_feedback(self.net, acts, switches, self.fb_hparams, self.fb_state, self.noise,
-                                       self.step, backend=self.backend, report="last",
-                                       memory_budget=self.memory_budget)
+                if self.backend is not None:
+                    stats = train_feedback(self.net, acts, switches, self.fb_hparams, self.fb_state, self.noise,
+                                           self.step, backend=self.backend, report="last",
+                                           memory_budget=self.memory_budget)
+                else:
+                    stats = train_family_feedback(self.config.algo, self.net, [a.detach() for a in acts], switches,
+                                                  self.fb_hparams, self.fb_state, self.noise, self.step)
             for name, s in stats.items():
                 if s["loss"] is not None:
                     self._check_finite(s["loss"], f"the feedback loss of layer {name!r}", batch)
             with watch("forward"):
-                loss, logits = dtp_loss(self.net, x, y, self.config.beta, acts, switches)
+                loss, logits = dtp_loss(self.net, x, y, self.config.beta, acts, switches, self.rule)
                 self._check_finite(loss, "the DTP loss", batch)
                 loss.backward()
                 self.optimizer.step()
@@ -260,8 +271,8 @@ class Trainer:
         """Weight alignment of the feedback layers and the DTP/backprop gradient angles on a test batch."""
         x, y = next(iter(self.test_loader))
         x, y = x[:256], y[:256]
-        out = {"alignment": weight_alignment(self.net) if self.config.algo == "ldrl" else {}}
-        out["gradient_angle_deg"] = gradient_alignment(self.net, x, y)
+        out = {"alignment": weight_alignment(self.net) if self.rule in ("difference", "tp") else {}}
+        out["gradient_angle_deg"] = gradient_alignment(self.net, x, y, rule=self.rule or "difference")
         return out
 
     # ------------------------------------------------------------------ loop
