@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder; its ldrl/ and bp/ are replaced")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
-    from . import bench
+    from . import bench, theory
 
     p = sub.add_parser("bench", help="time the feedback phase of one batch per backend, and the backprop step",
                        description="Time the feedback phase of one batch (in total and per layer) for every "
@@ -290,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "measured in the same run, peak memory, machine and versions.")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
+    p = sub.add_parser("theory", help="the paper's theory figures: jmc (Fig. 4.2) and gmp (Fig. 4.3)",
+                       description="Reproduce the paper's theory figures at reduced settings: jmc follows the "
+                                   "angle between J_G and J_F^T of LeNet's last layer over feedback iterations "
+                                   "(L-DRL vs DRL); gmp measures, after feedback training, the angle between each "
+                                   "layer's DTP update and its backprop gradient (L-DRL, DRL, random, symmetric).")
+    theory.add_arguments(p)
+    p.set_defaults(func=theory.run)
     p = sub.add_parser("info", help="versions, devices, compiled kernels and usable backends",
                        description="Show versions, devices, whether the compiled extension is usable, and which "
                                    "feedback backends can run on each device (and why not).")

@@ -1,0 +1,42 @@
+"""The paper's theory figures at small sizes: the qualitative results pinned."""
+import json
+
+import pytest
+
+from dtp_fast import theory
+from dtp_fast.cli import main
+
+
+@pytest.mark.slow
+def test_jmc_ldrl_keeps_falling_while_drl_stalls(tmp_path):
+    out = tmp_path / "jmc.json"
+    assert main(["theory", "jmc", "--iterations", "1000", "--seeds", "0", "--json", str(out), "--plot",
+                 str(tmp_path / "jmc.png"), "--quiet"]) == 0
+    r = json.loads(out.read_text())
+    assert set(r) >= {"iterations", "ldrl", "drl"} and len(r["iterations"]) == len(r["ldrl"]["angle_deg"])
+    ldrl, drl = r["ldrl"]["angle_deg"], r["drl"]["angle_deg"]
+    assert ldrl[0] > 80 and drl[0] > 80                   # random feedback at the start
+    assert ldrl[-1] < 10                                  # L-DRL: a few degrees
+    assert ldrl[-1] < ldrl[len(ldrl) * 3 // 4]            # ... and still falling
+    assert drl[-1] > ldrl[-1] + 3                         # DRL stalls higher
+    assert abs(drl[-1] - drl[len(drl) // 2]) < 2          # ... and has stopped moving
+    assert (tmp_path / "jmc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_gmp_ldrl_angles_grow_downward_and_beat_random():
+    r = theory.gmp(iterations=500, seeds=(0,), width=0.5, methods=("ldrl", "random", "symmetric"))
+    ldrl, rnd = r["ldrl"], r["random"]
+    layers = list(ldrl)
+    assert layers == ["conv_0", "conv_1", "fc1", "fc2"]
+    assert ldrl["fc2"] < 0.1                              # the output layer's target is BP's
+    assert ldrl["conv_0"] > ldrl["conv_1"] > ldrl["fc1"]  # angles grow from the output downward
+    for layer in layers[:-1]:
+        assert rnd[layer] > 75                            # random feedback: about 90 degrees
+        assert ldrl[layer] < rnd[layer] - 20              # L-DRL: well below it
+    assert r["symmetric"]["fc1"] < 0.1                    # exact transposes: BP up to float32 rounding
+
+
+def test_theory_bad_seeds(capsys):
+    assert main(["theory", "gmp", "--seeds", "a,b"]) == 2
+    assert "--seeds" in capsys.readouterr().err
