@@ -75,7 +75,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "(both need --data)")
     g.add_argument("--data", default=None,
                    help="where the data set lives: for cifar10 the cifar-10-batches-py folder, an ImageFolder "
-                        "tree (train/<class>/*.jpg, test/<class>/...) or a .tar.gz of one; "
+                        "tree (train/<class>/*.jpg, test/<class>/...) or a .tar.gz of one; for imagenet32 the "
+                        "folder of train_data_batch_1..10.npz and val_data.npz (or its parent); "
                         "default: $DTP_FAST_DATA")
     g.add_argument("--algo", choices=["ldrl", "bp", "parallel", "dtp", "tp", "drl"], default=None,
                    help="ldrl: DTP with L-DRL feedback training (default); bp: backprop baseline; parallel: "

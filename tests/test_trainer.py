@@ -83,7 +83,7 @@ def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="unknown setting"):
         make_run("mlp", "digits", learning_rate=0.1)
     with pytest.raises(ValueError, match="unknown algo"):
-        make_run("mlp", "digits", algo="dtp")
+        make_run("mlp", "digits", algo="dtpx")
     net = dtp_fast.mlp((3, 32, 32), 10, hidden=[8])
     with pytest.raises(ValueError, match=r"shape \(1, 8, 8\) but the network expects \(3, 32, 32\)"):
         dtp_fast.Trainer(net, dtp_fast.load_dataset("digits"))
