@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder; its ldrl/ and bp/ are replaced")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
-    from . import bench, theory
+    from . import bench, report, sweep, theory
 
     p = sub.add_parser("bench", help="time the feedback phase of one batch per backend, and the backprop step",
                        description="Time the feedback phase of one batch (in total and per layer) for every "
@@ -291,6 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "measured in the same run, peak memory, machine and versions.")
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
+    p = sub.add_parser("sweep", help="train a preset for several algorithms and seeds, then report",
+                       description="Train every (algo, seed) into OUT/<algo>-seed<seed>/ (finished runs are "
+                                   "skipped, interrupted ones resumed), then write the report.")
+    sweep.add_arguments(p)
+    p.set_defaults(func=sweep.run)
+    p = sub.add_parser("report", help="markdown tables and PNG figures for finished runs, seeds grouped",
+                       description="Write report.md, report.json and PNG figures (accuracy and loss curves, "
+                                   "alignment angles, feedback vs forward time) for run folders, grouped by "
+                                   "(preset, dataset, algo) with seeds as repeats.")
+    report.add_arguments(p)
+    p.set_defaults(func=report.run)
     p = sub.add_parser("theory", help="the paper's theory figures: jmc (Fig. 4.2) and gmp (Fig. 4.3)",
                        description="Reproduce the paper's theory figures at reduced settings: jmc follows the "
                                    "angle between J_G and J_F^T of LeNet's last layer over feedback iterations "

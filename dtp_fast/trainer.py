@@ -387,7 +387,8 @@ class Trainer:
             **self.info,
             "algo": self.config.algo,
             "dataset": self.info.get("dataset", self.dataset.name),
-            "backend": self.backend if self.backend is not None else "none (backprop)",
+            "backend": (self.backend if self.backend is not None
+                        else "none (backprop)" if self.config.algo == "bp" else "autograd (family method)"),
             "device": str(self.device),
             "epochs": self.epoch,
             "steps": self.step,
