@@ -35,6 +35,8 @@ from typing import Callable
 
 import torch
 
+from .utils import positive_int as _positive_int
+
 __all__ = ["add_arguments", "run", "main", "BenchError", "build_net", "scale_width", "peak_memory"]
 
 NETS = ("simple_vgg", "lenet")
@@ -62,16 +64,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return v
 
 

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from .utils import positive_int as _positive_int
+
 __all__ = ["SweepError", "add_arguments", "run", "main", "sweep", "parse_set", "plan", "run_dir_name"]
 
 DEFAULT_ALGOS = ("ldrl", "bp")
@@ -91,16 +93,6 @@ def _algos(text: str) -> list[str]:
     if len(set(algos)) != len(algos):
         raise argparse.ArgumentTypeError(f"an algorithm is listed twice in {text!r}")
     return algos
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

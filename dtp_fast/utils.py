@@ -1,6 +1,7 @@
 """Small shared helpers: atomic file writes, devices, timing, versions."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_text", "atomic_write_json", "resolve_device", "Stopwatch", "versions"]
+__all__ = ["positive_int", "atomic_save", "atomic_write_text", "atomic_write_json", "resolve_device", "Stopwatch", "versions"]
 
 
 def _atomic(path, write) -> None:
@@ -96,3 +97,14 @@ def versions() -> dict:
     except Exception:  # triton is optional at run time (absent on macOS/Windows)
         out["triton"] = None
     return out
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
