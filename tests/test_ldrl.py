@@ -150,7 +150,7 @@ def test_reference_backend_steps_match_manual_momentum_sgd():
             total = total + (-2 * (dx * dr).sum(1).mean() + (dr_y ** 2).sum(1).mean())
         loss = total / 2
         (g,) = torch.autograd.grad(loss, Vg)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         buf = 0.9 * buf + g
         V = V - 0.1 * buf
     torch.testing.assert_close(blk.g_op.weight.detach(), V, rtol=1e-12, atol=1e-12)
