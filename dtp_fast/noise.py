@@ -10,6 +10,7 @@ the tensors themselves.
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import struct
 from typing import Callable, Mapping
@@ -21,13 +22,14 @@ __all__ = ["NoiseSource", "CounterNoise", "ExplicitNoise"]
 _WHICH = {"x": 0, "y": 1}
 
 
-class NoiseSource:
+class NoiseSource(abc.ABC):
     """Interface: ``normal(step, layer, iteration, sample, which, shape, device, dtype)``
     returns the tensor of a key; ``fill_(out, ...)`` writes it into ``out``."""
 
+    @abc.abstractmethod
     def normal(self, *, step: int, layer: int, iteration: int, sample: int, which: str,
                shape, device, dtype) -> torch.Tensor:
-        raise NotImplementedError
+        """The standard-normal tensor of this key."""
 
     def fill_(self, out: torch.Tensor, *, step: int, layer: int, iteration: int, sample: int,
               which: str) -> torch.Tensor:

@@ -55,6 +55,16 @@ def _batches(loader):
         epoch += 1
 
 
+@torch.no_grad()
+def _feedback_step(method: str, net, x, cfg, state, noise, step: int) -> None:
+    """One batch of feedback training with L-DRL (fastest backend) or DRL, forward weights frozen."""
+    acts, sw = net.activations(x)
+    if method == "drl":
+        train_family_feedback("drl", net, acts, sw, cfg, state, noise, step, report="none")
+    else:
+        train_feedback(net, acts, sw, cfg, state, noise, step, backend="auto", report="none")
+
+
 def jmc(dataset="digits", data=None, iterations=1000, seeds=(0, 1, 2), every=None, batch_size=128,
         width=1.0, progress=None) -> dict:
     """Angle/distance between J_G and J_F^T of LeNet's last layer over feedback iterations (seed means)."""
@@ -84,13 +94,7 @@ def jmc(dataset="digits", data=None, iterations=1000, seeds=(0, 1, 2), every=Non
                 trace.append(angle_and_distance(w, weight.t()))
                 if k == len(steps) - 1:
                     break
-                x, _ = next(batches)
-                with torch.no_grad():
-                    acts, sw = net.activations(x)
-                    if method == "drl":
-                        train_family_feedback("drl", net, acts, sw, cfg, state, noise, k, report="none")
-                    else:
-                        train_feedback(net, acts, sw, cfg, state, noise, k, backend="auto", report="none")
+                _feedback_step(method, net, next(batches)[0], cfg, state, noise, k)
             per_seed[method].append(trace)
             if progress:
                 progress(f"jmc {method} seed {seed}: angle {trace[0]['angle_deg']:.1f} -> "
@@ -120,13 +124,7 @@ def gmp(dataset="digits", data=None, iterations=500, seeds=(0, 1, 2), batch_size
                 cfg = FeedbackConfig(iterations=chunk, lr=hp["lr"], noise=hp["noise"]).resolve(names)
                 state, noise = FeedbackState(), CounterNoise(seed)
                 for k in range(math.ceil(iterations / chunk)):
-                    x, _ = next(batches)
-                    with torch.no_grad():
-                        acts, sw = net.activations(x)
-                        if method == "drl":
-                            train_family_feedback("drl", net, acts, sw, cfg, state, noise, k, report="none")
-                        else:
-                            train_feedback(net, acts, sw, cfg, state, noise, k, backend="auto", report="none")
+                    _feedback_step(method, net, next(batches)[0], cfg, state, noise, k)
             if method == "drl":
                 ensure_direct_feedback(net)
             x, y = next(iter(Loader(ds, "test", 256, seed=seed)))
