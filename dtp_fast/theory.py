@@ -102,8 +102,7 @@ def jmc(dataset="digits", data=None, iterations=1000, seeds=(0, 1, 2), every=Non
     for method, traces in per_seed.items():
         for key in ("angle_deg", "distance"):
             curves[method][key] = [sum(t[i][key] for t in traces) / len(traces) for i in range(len(steps))]
-    return {"iterations": steps, **curves, "seeds": list(seeds), "dataset": dataset, "layer": "last",
-            "settings": {"ldrl": LDRL_JMC, "drl": DRL, "batch_size": batch_size, "width": width}}
+    return {"iterations": steps, **curves}
 
 
 def gmp(dataset="digits", data=None, iterations=500, seeds=(0, 1, 2), batch_size=128, width=1.0,
@@ -136,7 +135,7 @@ def gmp(dataset="digits", data=None, iterations=500, seeds=(0, 1, 2), batch_size
     return sums
 
 
-def _plot_jmc(result: dict, path) -> None:
+def _plot_jmc(result: dict, path, dataset: str, seeds: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -151,7 +150,7 @@ def _plot_jmc(result: dict, path) -> None:
         ax.set_xlabel("feedback iterations")
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Jacobian matching, LeNet's last layer ({result['dataset']}, {len(result['seeds'])} seeds)")
+    fig.suptitle(f"Jacobian matching, LeNet's last layer ({dataset}, {seeds} seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -222,7 +221,7 @@ def run(args) -> int:
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         if args.figure == "jmc":
-            _plot_jmc(result, args.plot)
+            _plot_jmc(result, args.plot, args.dataset, len(seeds))
         else:
             _plot_gmp(result, args.plot, args.dataset)
     print(json.dumps(summary, indent=2))
