@@ -145,20 +145,15 @@ class _Layer:
         eps_x = self._eps("x", self.x.shape, k0, n).flatten(0, 1)                         # (n*S*B, *x)
         dx = torch.mul(eps_x, hp.noise, out=_empty_in(eps_x.shape, fmt, eps_x)).unflatten(0, (-1, B))
         del eps_x
-        dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)          # (n*S*B, *h)
-        dh1 = dh1.contiguous(memory_format=fmt)
         eps_y = self._eps("y", self.y.shape, k0, n).flatten(0, 1).contiguous(memory_format=fmt)
-        dh2 = self.engine.dh2(self.block, self.y, eps_y, hp.noise, self.switches, self.h0)
-        dh2 = dh2.contiguous(memory_format=fmt)
         if self.linear:
+            dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)        # (n*S*B, *h)
+            dh2 = self.engine.dh2(self.block, self.y, eps_y, hp.noise, self.switches, self.h0)
             dx, dh1, dh2 = (t.reshape(n, SB, -1) for t in (dx, dh1, dh2))
             self.A = torch.bmm(dx.transpose(1, 2), dh1)      # (n, d_in, d_out)
             self.C = torch.bmm(dh2.transpose(1, 2), dh2)     # (n, d_out, d_out)
         else:
-            dx = dx.reshape(n, SB, *dx.shape[2:])
-            dh1 = dh1.reshape(n, SB, *dh1.shape[1:])
-            self.A = torch.stack([self._wgrad(dh1[j], dx[j]) for j in range(n)])
-            self.dh2 = dh2.reshape(n, SB, *dh2.shape[1:])
+            self.A, self.stored = self.engine.conv_precompute(self, dx, eps_y, n)
         self.start, self.held = k0, n
 
     # --------------------------------------------------------------- the chain
@@ -184,9 +179,7 @@ class _Layer:
             quad = V @ self.C[j]                   # wgrad(dh2, V dh2)
             sq = (quad * V).sum() if want_loss else None
         else:
-            dh2 = self.dh2[j]
-            dr_y = self._conv_t(dh2)
-            quad = self._wgrad(dh2, dr_y)
+            dr_y, quad = self.engine.conv_chain(self, self.stored[j])
             sq = dr_y.pow(2).sum() if want_loss else None
         if want_loss:
             self.losses.append(self.scale * (sq - 2 * (A * V).sum()))
@@ -211,6 +204,23 @@ class AnalyticBackend:
 
     def availability(self, device):
         return True, "autograd-free analytic gradient, plain PyTorch ops; runs on any device"
+
+    def conv_precompute(self, layer, dx, eps_y, n: int):
+        """For a conv layer and a chunk of n iterations: ``A_k = wgrad(dh1, dx)`` (n, *V) and what
+        :meth:`conv_chain` needs (here dh2, (n, S*B, *h)). dx: (n*S, B, *x); eps_y: (n*S*B, *y)."""
+        fmt, hp = layer.fmt, layer.hp
+        dh1 = self.dh1(layer.block, (dx + layer.x).flatten(0, 1), layer.h0).contiguous(memory_format=fmt)
+        dh2 = self.dh2(layer.block, layer.y, eps_y, hp.noise, layer.switches, layer.h0)
+        dh2 = dh2.contiguous(memory_format=fmt)
+        dx = dx.reshape(n, -1, *dx.shape[2:])
+        dh1 = dh1.reshape(n, -1, *dh1.shape[1:])
+        A = torch.stack([layer._wgrad(dh1[j], dx[j]) for j in range(n)])
+        return A, dh2.reshape(n, -1, *dh2.shape[1:])
+
+    def conv_chain(self, layer, dh2):
+        """``dr_y = V * dh2`` and ``wgrad(dh2, dr_y)`` of one iteration."""
+        dr_y = layer._conv_t(dh2)
+        return dr_y, layer._wgrad(dh2, dr_y)
 
     def dh1(self, block, x_noisy, h0):
         """``h(F(x + dx)) - h0`` for a batch of noisy inputs (M*B, ...) and h0 (B, ...)."""
