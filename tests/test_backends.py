@@ -89,9 +89,10 @@ def test_fast_backend_equals_reference(backend, case, dtype, chunking):
 
 
 @pytest.mark.parametrize("backend", FAST)
-def test_batch_one_noncontiguous_and_default_chunking(backend):
+@pytest.mark.parametrize("pool", [(3, 2, 1), (2, 2, 0)])
+def test_batch_one_noncontiguous_and_default_chunking(backend, pool):
     torch.manual_seed(1)
-    net = _net(kernel=5, pool=(3, 2, 1), hw=(7, 9)).double()
+    net = _net(kernel=5, pool=pool, hw=(7, 9)).double()
     x = torch.randn(1, *net.in_shape, dtype=torch.float64)
     cfg = FeedbackConfig(iterations=[6, 2, 3], lr=0.05, noise=0.2, samples=3)
     ref = _run(net, x, cfg, "reference", None)
@@ -150,3 +151,4 @@ def test_dtype_mismatch_names_both():
 def test_auto_prefers_a_fast_backend_and_reference_is_always_there():
     assert resolve_backend("auto", "cpu") != "reference"
     assert available_backends("cpu")["reference"][0]
+
