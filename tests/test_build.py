@@ -4,23 +4,14 @@ Tests that need the compiled extension skip when it is not built, unless
 DTP_FAST_REQUIRE_EXT=1 (set in CI), in which case they fail.
 """
 
-import os
 
 import pytest
 import torch
 
 from dtp_fast import _ext
+from conftest import require_ext
 
 FIX = "pip install --no-build-isolation -e ."
-
-
-def _require_ext():
-    if _ext.available():
-        return
-    reason = "compiled dtp_fast._C unavailable: %s" % _ext.load_error()
-    if os.environ.get("DTP_FAST_REQUIRE_EXT", "") == "1":
-        pytest.fail(reason + " (DTP_FAST_REQUIRE_EXT=1)")
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -39,7 +30,7 @@ def _runtime_major_minor():
 
 
 def test_build_info_matches_runtime():
-    _require_ext()
+    require_ext()
     info = _ext.build_info()
     assert info is not None
     assert (info["torch_major"], info["torch_minor"]) == _runtime_major_minor()
@@ -57,7 +48,7 @@ def test_build_info_matches_runtime():
 
 
 def test_version_mismatch_makes_module_unusable(monkeypatch, fresh_cache):
-    _require_ext()
+    require_ext()
     real = _ext._compiled_build_info()
     fake = dict(real, torch_major=1, torch_minor=0, torch_version="1.0.0")
     monkeypatch.setattr(_ext, "_compiled_build_info", lambda: fake)

@@ -4,32 +4,18 @@ Tests that need the compiled extension skip when it is not built, unless
 DTP_FAST_REQUIRE_EXT=1 (set in CI), in which case they fail.
 """
 
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dtp_fast import _ext, ops
+from conftest import require_ext
 
 DTYPES = [torch.float32, torch.float64]
 ACTS = list(ops.ACTIVATIONS)
 POOLS = [(2, 2, 0), (3, 2, 1), (3, 1, 1)]  # kernel, stride, padding
 SHAPES = [(1, 3, 7, 5), (2, 5, 11, 13), (2, 2, 32, 32)]
-
-
-def _require_ext():
-    if _ext.available():
-        return
-    reason = "compiled dtp_fast._C unavailable: %s" % _ext.load_error()
-    if os.environ.get("DTP_FAST_REQUIRE_EXT", "") == "1":
-        pytest.fail(reason + " (DTP_FAST_REQUIRE_EXT=1)")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def ext():
-    _require_ext()
 
 
 @pytest.fixture
