@@ -7,7 +7,8 @@ from torch import nn
 
 import dtp_fast
 from dtp_fast.api import make_run
-from dtp_fast.feedback import FeedbackConfig, FeedbackState, available_backends, resolve_backend, train_feedback
+from dtp_fast.feedback import (FeedbackConfig, FeedbackState, available_backends, get_backend, resolve_backend,
+                               train_feedback)
 from dtp_fast.feedback.analytic import minimum_memory_budget, plan_chunk
 from dtp_fast.noise import CounterNoise
 
@@ -74,15 +75,20 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("chunking", ["one", "all"])
-def test_fast_backend_equals_reference(backend, case, dtype, chunking):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fast_backend_equals_reference(backend, case, dtype, chunking, threads, monkeypatch):
+    """threads=1: layers interleaved on one thread; 2: layers spread over two worker threads."""
+    monkeypatch.setattr(get_backend(backend), "threads", threads)
     torch.manual_seed(0)
     net = _net(**CASES[case]).to(dtype)
     x = torch.randn(3, *net.in_shape, dtype=dtype)
     cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
     hp = cfg.resolve(net.feedback_names)
     blocks = net.block_list()[1:]
-    budget = minimum_memory_budget(blocks, hp, 3, x.element_size()) if chunking == "one" else None
-    assert plan_chunk(blocks, net.feedback_names, hp, 3, x.element_size(), budget) == (1 if chunking == "one" else 5)
+    budget = minimum_memory_budget(blocks, hp, 3, x.element_size(), threads) if chunking == "one" else None
+    assert get_backend(backend)._workers(x.device, hp, budget, blocks, 3, x.element_size()) == threads
+    assert plan_chunk(blocks, net.feedback_names, hp, 3, x.element_size(), budget, threads) == (
+        1 if chunking == "one" else 5)
     ref = _run(net, x, cfg, "reference", None, steps=2)
     fast = _run(net, x, cfg, backend, budget, steps=2)
     _assert_same(ref, fast, dtype)
@@ -152,3 +158,26 @@ def test_auto_prefers_a_fast_backend_and_reference_is_always_there():
     assert resolve_backend("auto", "cpu") != "reference"
     assert available_backends("cpu")["reference"][0]
 
+
+
+def test_concurrent_layers_fall_back_to_what_the_budget_holds_and_raise_worker_errors(monkeypatch):
+    net = _net()
+    x = torch.randn(2, *net.in_shape)
+    cfg = FeedbackConfig(iterations=[2, 3, 2])
+    hp, blocks, torch_backend = cfg.resolve(net.feedback_names), net.block_list()[1:], get_backend("torch")
+    monkeypatch.setattr(torch_backend, "threads", 3)
+    one = minimum_memory_budget(blocks, hp, 2, 4, 1)
+    assert minimum_memory_budget(blocks, hp, 2, 4, 2) > one
+    assert torch_backend._workers(x.device, hp, one, blocks, 2, 4) == 1
+    assert torch_backend._workers(x.device, hp, None, blocks, 2, 4) == 3
+    assert torch_backend._workers(torch.device("meta"), hp, None, blocks, 2, 4) == 1
+    threads = torch.get_num_threads()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("noise went away")
+    acts, sw = net.activations(x)
+    noise = CounterNoise()
+    monkeypatch.setattr(noise, "fill_", broken)
+    with pytest.raises(RuntimeError, match="noise went away"):
+        train_feedback(net, acts, sw, cfg, FeedbackState(), noise, 0, backend="torch", memory_budget=None)
+    assert torch.get_num_threads() == threads

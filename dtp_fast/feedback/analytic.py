@@ -20,6 +20,8 @@ small matrices: wgrad(dh2, V dh2) = V C_k with C_k = dh2^T dh2.
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .engine import register_backend
@@ -52,31 +54,33 @@ def _stored_and_transient(block, batch: int, samples: int, element_size: int) ->
     return stored * element_size, transient * element_size
 
 
-def minimum_memory_budget(blocks, hparams, batch: int, element_size: int) -> int:
-    """The smallest budget that holds one iteration of every layer at once."""
-    return _chunk_bytes(1, blocks, hparams, batch, element_size)
+def minimum_memory_budget(blocks, hparams, batch: int, element_size: int, workers: int = 1) -> int:
+    """The smallest budget that holds one iteration of every layer at once, with
+    ``workers`` layers precomputing at the same time."""
+    return _chunk_bytes(1, blocks, hparams, batch, element_size, workers)
 
 
-def _chunk_bytes(n, blocks, hparams, batch, element_size) -> int:
+def _chunk_bytes(n, blocks, hparams, batch, element_size, workers=1) -> int:
     """Memory of chunks of n iterations: every layer's stored chunk at once, plus the
-    largest transient (layers precompute one at a time)."""
-    stored = transient = 0
+    transients of the ``workers`` layers that precompute at the same time (the largest)."""
+    stored, transients = 0, []
     for b, hp in zip(blocks, hparams):
         if hp.iterations > 0:
             s, t = _stored_and_transient(b, batch, hp.samples, element_size)
             k = min(n, hp.iterations)
             stored += k * s
-            transient = max(transient, k * t)
-    return stored + transient
+            transients.append(k * t)
+    return stored + sum(sorted(transients, reverse=True)[:workers])
 
 
-def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: int | None) -> int:
+def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: int | None, workers: int = 1) -> int:
     """The number of iterations every layer precomputes at once: the largest n whose
-    chunks fit in ``budget`` bytes (None: no limit)."""
+    chunks fit in ``budget`` bytes (None: no limit) with ``workers`` layers precomputing
+    at the same time."""
     most = max((hp.iterations for hp in hparams), default=0)
     if budget is None:
         return max(1, most)
-    need = minimum_memory_budget(blocks, hparams, batch, element_size)
+    need = minimum_memory_budget(blocks, hparams, batch, element_size, workers)
     if budget < need:
         raise ValueError(
             f"feedback memory budget of {budget / 2**20:.2f} MiB is too small for one iteration of every layer "
@@ -84,7 +88,7 @@ def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: in
             f"and batch is {need / 2**20:.2f} MiB ({need} bytes): raise memory_budget (--feedback-memory) or "
             f"lower the batch size")
     n = 1
-    while n < most and _chunk_bytes(n + 1, blocks, hparams, batch, element_size) <= budget:
+    while n < most and _chunk_bytes(n + 1, blocks, hparams, batch, element_size, workers) <= budget:
         n += 1
     return n
 
@@ -118,7 +122,19 @@ class _Layer:
         self.scale = 1.0 / (hp.samples * self.B)
         self.start = 0          # first iteration held in the current chunk
         self.held = 0           # iterations held
+        self.next_k = 0         # next iteration to run
         self.losses = []
+        # multiply-adds of one iteration's transposed convolution (or matrix product): for scheduling
+        self.cost = self.V.numel() * hp.samples * self.B * (1 if self.linear else _numel(block.pre_pool_shape[1:]))
+
+    def remaining_cost(self) -> int:
+        return (self.hp.iterations - self.next_k) * self.cost
+
+    def run_chunk(self, report: str) -> None:
+        """Precompute the next chunk of iterations and run them."""
+        self._prepare(self.next_k)
+        for k in range(self.start, self.start + self.held):
+            self.iterate(k, report == "all" or (report == "last" and k == self.hp.iterations - 1))
 
     def finish(self) -> None:
         self.V.copy_(self.Vw)
@@ -139,6 +155,7 @@ class _Layer:
     def _prepare(self, k0: int) -> None:
         """A_k (and C_k or dh2) for iterations k0 .. k0 + n - 1, in one batched pass."""
         hp, B = self.hp, self.B
+        self.A = self.C = self.stored = None      # the previous chunk's, no longer needed
         n = min(self.chunk, hp.iterations - k0)
         SB = hp.samples * B
         fmt = self.fmt
@@ -189,6 +206,56 @@ class _Layer:
             grad.add_(V, alpha=hp.weight_decay)
         self.bufw.mul_(hp.momentum).add_(grad)
         V.add_(self.bufw, alpha=-hp.lr)
+        self.next_k = k + 1
+
+
+def _run_concurrently(layers, report: str, workers: int) -> None:
+    """Train the layers on ``workers`` threads, each running one layer's chunks at a time.
+
+    A free worker takes the idle layer with the most work left (its next chunk);
+    a layer is never run by two workers at once, so each layer's iterations stay
+    in order. The first error stops every worker and is raised here.
+    """
+    cond = threading.Condition()
+    busy, errors = set(), []
+    per_worker = max(1, torch.get_num_threads() // workers)
+    saved = torch.get_num_threads()
+
+    def next_layer():
+        idle = [lay for lay in layers if lay not in busy and lay.next_k < lay.hp.iterations]
+        return max(idle, key=_Layer.remaining_cost, default=None)
+
+    def work():
+        torch.set_num_threads(per_worker)   # this thread's OpenMP / MKL threads
+        with torch.no_grad():                # grad mode is per thread
+            while True:
+                with cond:
+                    while not errors and (layer := next_layer()) is None and busy:
+                        cond.wait()
+                    if errors or layer is None:
+                        return
+                    busy.add(layer)
+                try:
+                    layer.run_chunk(report)
+                except BaseException as err:  # noqa: BLE001 - re-raised by the caller
+                    with cond:
+                        errors.append(err)
+                        cond.notify_all()
+                    return
+                with cond:
+                    busy.discard(layer)
+                    cond.notify_all()
+
+    threads = [threading.Thread(target=work, name=f"dtp-fast-feedback-{i}", daemon=True) for i in range(workers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(saved)
+    if errors:
+        raise errors[0]
 
 
 class AnalyticBackend:
@@ -199,8 +266,28 @@ class AnalyticBackend:
     """
     name = "torch"
 
-    def __init__(self, memory_budget: int | None = DEFAULT_MEMORY_BUDGET):
+    def __init__(self, memory_budget: int | None = DEFAULT_MEMORY_BUDGET, threads: int | None = None):
         self.memory_budget = memory_budget
+        # CPU threads to spread the layers over (None: torch.get_num_threads()); see _workers
+        self.threads = threads
+
+    def _workers(self, device, hparams, budget, blocks, batch, element_size) -> int:
+        """How many layers train at the same time.
+
+        On a CPU, small convolutions scale poorly over threads, so with T threads
+        the layers are spread over up to T worker threads with T // workers
+        threads each (layers are independent, so the result is the same). The
+        count drops if the memory budget cannot hold that many precomputations
+        at once. On other devices: 1 (layers interleaved on one stream).
+        """
+        if device.type != "cpu":
+            return 1
+        threads = torch.get_num_threads() if self.threads is None else self.threads
+        workers = max(1, min(threads, sum(hp.iterations > 0 for hp in hparams)))
+        while (workers > 1 and budget is not None
+               and budget < minimum_memory_budget(blocks, hparams, batch, element_size, workers)):
+            workers -= 1
+        return workers
 
     def availability(self, device):
         return True, "autograd-free analytic gradient, plain PyTorch ops; runs on any device"
@@ -246,15 +333,20 @@ class AnalyticBackend:
                 raise ValueError(f"feedback layer {name!r} has weights of {w.dtype} on {w.device} but the "
                                  f"activations are {x0.dtype} on {x0.device}: move the network with "
                                  f"net.to(device, dtype)")
-        chunk = plan_chunk(blocks, names, hparams, x0.shape[0], x0.element_size(), budget)
+        batch, esize = x0.shape[0], x0.element_size()
+        workers = self._workers(x0.device, hparams, budget, blocks, batch, esize)
+        chunk = plan_chunk(blocks, names, hparams, batch, esize, budget, workers)
         with torch.no_grad():
             layers = [_Layer(self, b, i, name, hp, acts[i - 1], acts[i], switches[i], state, noise, step, chunk)
                       for i, (name, b, hp) in enumerate(zip(names, blocks, hparams), start=1)]
-            for k in range(max((hp.iterations for hp in hparams), default=0)):
-                for layer in layers:
-                    n = layer.hp.iterations
-                    if k < n:
-                        layer.iterate(k, report == "all" or (report == "last" and k == n - 1))
+            if workers > 1:
+                _run_concurrently(layers, report, workers)
+            else:
+                for k in range(max((hp.iterations for hp in hparams), default=0)):
+                    for layer in layers:
+                        n = layer.hp.iterations
+                        if k < n:
+                            layer.iterate(k, report == "all" or (report == "last" and k == n - 1))
             for layer in layers:
                 layer.finish()
         stats = {}
