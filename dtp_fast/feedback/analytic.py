@@ -14,8 +14,9 @@ frozen, dx, the noisy forward pass, dh1, A_k and dh2 do not depend on V: they
 are computed for a chunk of iterations at once, the noisy forward pass in one
 batched call per layer, and only dh2 and the weight-sized A_k are kept. The
 sequential chain is one transposed convolution, one weight gradient and the
-momentum step per iteration; the layers are interleaved (iteration k of every
-layer before iteration k + 1). For a Linear feedback block the chain runs on
+momentum step per iteration. The layers are independent: on a CPU they are
+spread over worker threads, elsewhere interleaved (iteration k of every layer
+before iteration k + 1). For a Linear feedback block the chain runs on
 small matrices: wgrad(dh2, V dh2) = V C_k with C_k = dh2^T dh2.
 """
 from __future__ import annotations
