@@ -94,7 +94,9 @@ def _extensions():
     omp_cflags, omp_ldflags = _openmp_flags()
     # No -std flag: BuildExtension adds the standard torch itself was built
     # with (C++20 for torch >= 2.10, C++17 before); the sources are C++17.
-    cxx_flags = (["/O2"] if sys.platform == "win32" else ["-O3"]) + omp_cflags
+    # No floating-point contraction: the noise of csrc/philox.h must be bit for
+    # bit the pure-PyTorch mirror's (separately rounded multiplies and adds).
+    cxx_flags = (["/O2", "/fp:precise"] if sys.platform == "win32" else ["-O3", "-ffp-contract=off", "-fno-math-errno"]) + omp_cflags
     define_macros = [("DTP_FAST_PYTHON_MODULE", None)]
     extra_compile_args = {"cxx": cxx_flags}
 

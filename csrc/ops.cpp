@@ -28,6 +28,7 @@ const char* const kOpNames[] = {
     "dtp_fast::unpool_act2d",
     "dtp_fast::pool_unpool_diff",
     "dtp_fast::noisy_unpool_diff",
+    "dtp_fast::philox_normal_",
     "dtp_fast::build_info",
 };
 
@@ -117,6 +118,13 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "noisy_unpool_diff(Tensor y, Tensor eps, float sigma, Tensor indices, "
       "Tensor h0, int act, int[2] output_size) -> Tensor");
+  // Counter-based standard normals (csrc/philox.h) into a contiguous out of
+  // shape (rows, ...): row r, element e (row-major) is lane e % 4 of the
+  // Philox block with counter (e / 4, offset + r, iteration, sample) and key
+  // (key0, key1), each a 32-bit word.
+  m.def(
+      "philox_normal_(Tensor(a!) out, int key0, int key1, int offset, "
+      "int iteration, int sample) -> ()");
   m.def("build_info() -> str", &build_info);
 }
 

@@ -612,6 +612,12 @@ def _register_python_impls() -> None:
             shape = (eps.shape[0], y.shape[1], output_size[0], output_size[1])
             return torch.empty(shape, dtype=y.dtype, device=eps.device, memory_format=_memory_format(eps))
 
+    if _has_compiled_op("philox_normal_"):
+
+        @torch.library.register_fake("dtp_fast::philox_normal_")
+        def _philox_normal_fake(out, key0, key1, offset, iteration, sample):
+            torch._check(out.dtype in _COMPILED_DTYPES, lambda: "dtp_fast::philox_normal_: float32/float64 only")
+
     # act_pool2d: d values / d z scatters back to the switches (summing where
     # overlapping windows pick the same input), times ACT'(z) there.
     def _act_pool2d_setup(ctx, inputs, output):
