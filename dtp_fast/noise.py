@@ -23,11 +23,12 @@ import abc
 import hashlib
 import math
 import struct
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["NoiseSource", "CounterNoise", "ExplicitNoise", "philox4x32", "philox_normal"]
+__all__ = ["NoiseSource", "CounterNoise", "ExplicitNoise", "NoiseBlock", "philox4x32", "philox_normal"]
 
 _WHICH = {"x": 0, "y": 1}
 _MASK = 0xFFFFFFFF
@@ -212,3 +213,31 @@ class ExplicitNoise(NoiseSource):
             raise ValueError(f"explicit noise for {key} has shape {tuple(t.shape)}, but rows {offset}.."
                              f"{offset + shape[0] - 1} of shape {shape} were asked for")
         return t[offset:offset + shape[0]].to(device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class NoiseBlock:
+    """The noise one layer needs for iterations ``k0 .. k0 + n - 1``, every noise sample and the
+    data samples (rows) ``offset .. offset + shape[0] - 1`` of the global batch.
+
+    As a tensor (:meth:`materialize`): ``(n * samples * rows, *shape[1:])``, iteration-major,
+    then noise sample, then row. Fused kernels may instead draw it themselves from
+    :meth:`CounterNoise.key` when ``source`` is a :class:`CounterNoise`: block ``m`` of rows
+    has iteration ``k0 + m // samples`` and noise sample ``m % samples``.
+    """
+    source: NoiseSource
+    step: int
+    layer: int
+    which: str
+    k0: int
+    n: int
+    samples: int
+    offset: int
+    shape: tuple
+
+    def materialize(self, device, dtype) -> torch.Tensor:
+        out = torch.empty(self.n * self.samples, *self.shape, device=device, dtype=dtype)
+        for m in range(self.n * self.samples):
+            self.source.fill_(out[m], step=self.step, layer=self.layer, iteration=self.k0 + m // self.samples,
+                              sample=m % self.samples, which=self.which, offset=self.offset)
+        return out.flatten(0, 1)

@@ -181,3 +181,28 @@ def test_concurrent_layers_fall_back_to_what_the_budget_holds_and_raise_worker_e
     with pytest.raises(RuntimeError, match="noise went away"):
         train_feedback(net, acts, sw, cfg, FeedbackState(), noise, 0, backend="torch", memory_budget=None)
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FAST)
+def test_reduce_hook_sees_one_bucket_per_iteration_in_a_fixed_order(backend):
+    """The data-parallel seam: with an identity reduce the result is unchanged, and the buckets
+    (shapes, in order) are the same on every call, so every process can all-reduce them."""
+    torch.manual_seed(4)
+    net = _net().double()
+    x = torch.randn(3, *net.in_shape, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[2, 3, 1], lr=0.05, noise=0.2)
+    buckets = []
+    plain = _run(net, x, cfg, backend, None)
+    runs = []
+    for _ in range(2):
+        seen = []
+        net2, state = copy.deepcopy(net), FeedbackState()
+        acts, sw = net2.activations(x)
+        losses = train_feedback(net2, acts, sw, cfg, state, CounterNoise(3), 5, backend=backend, report="all",
+                                reduce=lambda ts: seen.append([tuple(t.shape) for t in ts]))
+        runs.append((net2, state, [losses]))
+        buckets.append(seen)
+    assert buckets[0] == buckets[1] and buckets[0]
+    _assert_same(plain, runs[0], torch.float64)
+    if backend != "reference":  # interleaved: iteration 0 of all layers in one bucket, with their losses
+        assert len(buckets[0]) == 3 and len(buckets[0][0]) == 6

@@ -25,6 +25,7 @@ import threading
 
 import torch
 
+from ..noise import NoiseBlock
 from .engine import register_backend
 
 __all__ = ["AnalyticBackend", "DEFAULT_MEMORY_BUDGET", "minimum_memory_budget", "plan_chunk"]
@@ -107,13 +108,13 @@ class _Layer:
     of V and its momentum buffer, written back by :meth:`finish`.
     """
 
-    def __init__(self, engine, block, index, name, hp, x, y, switches, state, noise, step, chunk):
+    def __init__(self, engine, block, index, name, hp, x, y, switches, state, noise, step, chunk, offset=0):
         self.engine, self.block, self.index, self.name, self.hp = engine, block, index, name, hp
         self.linear = block.kind == "linear"
         fmt = torch.contiguous_format if self.linear else torch.channels_last
         self.fmt = fmt
         self.x, self.y, self.switches = x.contiguous(memory_format=fmt), y, switches
-        self.noise, self.step, self.chunk = noise, step, chunk
+        self.noise, self.step, self.chunk, self.offset = noise, step, chunk, offset
         self.V = block.g_op.weight
         self.buf = state.buffer(name, "weight", self.V)
         self.Vw = self.V.detach().clone(memory_format=fmt)
@@ -142,17 +143,6 @@ class _Layer:
         self.buf.copy_(self.bufw)
 
     # --------------------------------------------------------------- precompute
-    def _eps(self, which, shape, k0, n):
-        """Standard-normal noise of iterations k0 .. k0 + n - 1, all samples: (n * S, *shape)."""
-        hp, ref = self.hp, self.x
-        out = torch.empty(n * hp.samples, *shape, device=ref.device, dtype=ref.dtype)
-        i = 0
-        for k in range(k0, k0 + n):
-            for s in range(hp.samples):
-                self.noise.fill_(out[i], step=self.step, layer=self.index, iteration=k, sample=s, which=which)
-                i += 1
-        return out
-
     def _prepare(self, k0: int) -> None:
         """A_k (and C_k or dh2) for iterations k0 .. k0 + n - 1, in one batched pass."""
         hp, B = self.hp, self.B
@@ -160,10 +150,10 @@ class _Layer:
         n = min(self.chunk, hp.iterations - k0)
         SB = hp.samples * B
         fmt = self.fmt
-        eps_x = self._eps("x", self.x.shape, k0, n).flatten(0, 1)                         # (n*S*B, *x)
-        dx = torch.mul(eps_x, hp.noise, out=_empty_in(eps_x.shape, fmt, eps_x)).unflatten(0, (-1, B))
-        del eps_x
-        eps_y = self._eps("y", self.y.shape, k0, n).flatten(0, 1).contiguous(memory_format=fmt)
+        block_of = lambda which, like: NoiseBlock(self.noise, self.step, self.index, which, k0, n, hp.samples,
+                                                  self.offset, tuple(like.shape))
+        dx = self.engine.noisy_input(block_of("x", self.x), hp.noise, self.x, fmt).unflatten(0, (-1, B))
+        eps_y = block_of("y", self.y)
         if self.linear:
             dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)        # (n*S*B, *h)
             dh2 = self.engine.dh2(self.block, self.y, eps_y, hp.noise, self.switches, self.h0)
@@ -189,6 +179,10 @@ class _Layer:
             [False, True, False])[1]
 
     def iterate(self, k: int, want_loss: bool) -> None:
+        self.apply(self.gradient(k, want_loss), k)
+
+    def gradient(self, k: int, want_loss: bool) -> torch.Tensor:
+        """The gradient of iteration k (and its loss, appended to ``losses``, if wanted)."""
         if k >= self.start + self.held:
             self._prepare(k)
         j = k - self.start
@@ -201,8 +195,11 @@ class _Layer:
             sq = dr_y.pow(2).sum() if want_loss else None
         if want_loss:
             self.losses.append(self.scale * (sq - 2 * (A * V).sum()))
-        grad = quad.sub_(A).mul_(2 * self.scale)
-        hp = self.hp
+        return quad.sub_(A).mul_(2 * self.scale)
+
+    def apply(self, grad: torch.Tensor, k: int) -> None:
+        """The momentum-SGD step of iteration k with ``grad``."""
+        hp, V = self.hp, self.Vw
         if hp.weight_decay:
             grad.add_(V, alpha=hp.weight_decay)
         self.bufw.mul_(hp.momentum).add_(grad)
@@ -293,9 +290,15 @@ class AnalyticBackend:
     def availability(self, device):
         return True, "autograd-free analytic gradient, plain PyTorch ops; runs on any device"
 
+    def noisy_input(self, noise: NoiseBlock, sigma: float, x: torch.Tensor, fmt) -> torch.Tensor:
+        """``dx = sigma * eps`` of a chunk for inputs like ``x``: (n*S*B, *x) in memory format ``fmt``."""
+        eps = noise.materialize(x.device, x.dtype)
+        return torch.mul(eps, sigma, out=_empty_in(eps.shape, fmt, eps))
+
     def conv_precompute(self, layer, dx, eps_y, n: int):
         """For a conv layer and a chunk of n iterations: ``A_k = wgrad(dh1, dx)`` (n, *V) and what
-        :meth:`conv_chain` needs (here dh2, (n, S*B, *h)). dx: (n*S, B, *x); eps_y: (n*S*B, *y)."""
+        :meth:`conv_chain` needs (here dh2, (n, S*B, *h)). dx: (n*S, B, *x); eps_y: the
+        :class:`NoiseBlock` of dy."""
         fmt, hp = layer.fmt, layer.hp
         dh1 = self.dh1(layer.block, (dx + layer.x).flatten(0, 1), layer.h0).contiguous(memory_format=fmt)
         dh2 = self.dh2(layer.block, layer.y, eps_y, hp.noise, layer.switches, layer.h0)
@@ -317,13 +320,16 @@ class AnalyticBackend:
         return h1.unflatten(0, (-1, h0.shape[0])).sub_(h0).flatten(0, 1)
 
     def dh2(self, block, y, eps, sigma, switches, h0):
-        """``h(y + sigma * eps; I0) - h0`` for noise eps (M*B, ...), y and switches (B, ...)."""
+        """``h(y + sigma * eps; I0) - h0`` for the noise ``eps`` (a :class:`NoiseBlock` of M*B rows),
+        y and switches (B, ...)."""
+        eps = eps.materialize(y.device, y.dtype)
         m = eps.shape[0] // y.shape[0]
         sw = None if switches is None else switches.repeat(m, *([1] * (switches.dim() - 1)))
         h2 = block.h((sigma * eps).unflatten(0, (m, -1)).add_(y).flatten(0, 1), sw)
         return h2.unflatten(0, (m, -1)).sub_(h0).flatten(0, 1)
 
-    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default"):
+    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
+              sample_offset=0, reduce=None):
         budget = self.memory_budget if memory_budget == "default" else memory_budget
         blocks = net.block_list()[1:]
         names = net.feedback_names
@@ -335,19 +341,24 @@ class AnalyticBackend:
                                  f"activations are {x0.dtype} on {x0.device}: move the network with "
                                  f"net.to(device, dtype)")
         batch, esize = x0.shape[0], x0.element_size()
-        workers = self._workers(x0.device, hparams, budget, blocks, batch, esize)
+        # collectives run in the same order on every process: one thread, layers interleaved
+        workers = 1 if reduce is not None else self._workers(x0.device, hparams, budget, blocks, batch, esize)
         chunk = plan_chunk(blocks, names, hparams, batch, esize, budget, workers)
         with torch.no_grad():
-            layers = [_Layer(self, b, i, name, hp, acts[i - 1], acts[i], switches[i], state, noise, step, chunk)
+            layers = [_Layer(self, b, i, name, hp, acts[i - 1], acts[i], switches[i], state, noise, step, chunk,
+                             sample_offset)
                       for i, (name, b, hp) in enumerate(zip(names, blocks, hparams), start=1)]
             if workers > 1:
                 _run_concurrently(layers, report, workers)
             else:
                 for k in range(max((hp.iterations for hp in hparams), default=0)):
-                    for layer in layers:
-                        n = layer.hp.iterations
-                        if k < n:
-                            layer.iterate(k, report == "all" or (report == "last" and k == n - 1))
+                    active = [lay for lay in layers if k < lay.hp.iterations]
+                    wants = [report == "all" or (report == "last" and k == lay.hp.iterations - 1) for lay in active]
+                    grads = [lay.gradient(k, want) for lay, want in zip(active, wants)]
+                    if reduce is not None:  # one bucket: every layer's gradient and reported loss
+                        reduce(grads + [lay.losses[-1] for lay, want in zip(active, wants) if want])
+                    for lay, grad in zip(active, grads):
+                        lay.apply(grad, k)
             for layer in layers:
                 layer.finish()
         stats = {}

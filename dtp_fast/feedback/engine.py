@@ -157,7 +157,8 @@ def get_backend(name: str, device="cpu"):
 
 def train_feedback(net, acts, switches, config: FeedbackConfig | Sequence[LayerHParams], state: FeedbackState,
                    noise: NoiseSource, step: int, *, backend: str = "reference", report: str = "last",
-                   memory_budget: int | None | str = "default") -> dict:
+                   memory_budget: int | None | str = "default", sample_offset: int = 0,
+                   reduce=None) -> dict:
     """Train all feedback layers of ``net`` on one batch (the feedback phase).
 
     Args:
@@ -174,6 +175,12 @@ def train_feedback(net, acts, switches, config: FeedbackConfig | Sequence[LayerH
         memory_budget: bytes the precomputed perturbations of all layers may
             take at once (backends that precompute; ``None``: no limit,
             ``"default"``: the backend's default).
+        sample_offset: the index of the batch's first sample in the global batch
+            (data-parallel runs: the noise of a sample depends on this index).
+        reduce: data-parallel runs: a callable that averages a list of tensors in
+            place across processes. Called once per feedback iteration with the
+            gradients (and reported losses) of the layers stepping then, in the
+            same order on every process.
 
     Returns ``{layer name: {"iterations": int, "loss": float | list | None}}``.
     """
@@ -184,4 +191,4 @@ def train_feedback(net, acts, switches, config: FeedbackConfig | Sequence[LayerH
         raise ValueError(f"expected {len(net.blocks)} activations and switches, got {len(acts)} and {len(switches)}")
     impl = get_backend(backend, acts[0].device)
     return impl.train(net, [a.detach() for a in acts], switches, hparams, state, noise, step, report,
-                      memory_budget=memory_budget)
+                      memory_budget=memory_budget, sample_offset=sample_offset, reduce=reduce)

@@ -10,6 +10,8 @@ is the ``torch`` engine's.
 """
 from __future__ import annotations
 
+import torch
+
 from .. import _ext, ops
 from .analytic import AnalyticBackend
 from .engine import register_backend
@@ -36,6 +38,7 @@ class FusedCPUBackend(AnalyticBackend):
     def dh2(self, block, y, eps, sigma, switches, h0):
         if block.pool is None:
             return super().dh2(block, y, eps, sigma, switches, h0)
+        eps = eps.materialize(y.device, y.dtype).contiguous(memory_format=torch.channels_last)
         return ops.noisy_unpool_diff(y, eps, sigma, switches, h0, block.act, block.pre_pool_shape[1:],
                                      impl="compiled")
 

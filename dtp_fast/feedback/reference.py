@@ -39,17 +39,21 @@ class ReferenceBackend:
     def availability(self, device):
         return True, "pure PyTorch with autograd; runs on any device"
 
-    def layer_loss(self, block, layer: int, x, y, switches, hp, noise, step: int, iteration: int):
-        """The loss of one iteration, averaged over ``hp.samples`` noise samples."""
+    def layer_loss(self, block, layer: int, x, y, switches, hp, noise, step: int, iteration: int,
+                   offset: int = 0):
+        """The loss of one iteration, averaged over ``hp.samples`` noise samples; the batch
+        holds the data samples ``offset ..`` of the global batch."""
         total = 0.0
         for s in range(hp.samples):
-            key = dict(step=step, layer=layer, iteration=iteration, sample=s, device=x.device, dtype=x.dtype)
+            key = dict(step=step, layer=layer, iteration=iteration, sample=s, device=x.device, dtype=x.dtype,
+                       offset=offset)
             eps_x = noise.normal(which="x", shape=x.shape, **key)
             eps_y = noise.normal(which="y", shape=y.shape, **key)
             total = total + ldrl_loss(block, x, y, switches, eps_x, eps_y, hp.noise)
         return total / hp.samples
 
-    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget=None):
+    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget=None,
+              sample_offset=0, reduce=None):
         stats = {}
         blocks = net.block_list()
         for i, (name, hp) in enumerate(zip(net.feedback_names, hparams), start=1):
@@ -59,11 +63,15 @@ class ReferenceBackend:
             losses = []
             for k in range(hp.iterations):
                 with torch.enable_grad():
-                    loss = self.layer_loss(block, i, acts[i - 1], acts[i], switches[i], hp, noise, step, k)
-                    grads = torch.autograd.grad(loss, params)
+                    loss = self.layer_loss(block, i, acts[i - 1], acts[i], switches[i], hp, noise, step, k,
+                                           sample_offset)
+                    grads = list(torch.autograd.grad(loss, params))
+                loss = loss.detach()
+                if reduce is not None:
+                    reduce(grads + [loss])
                 momentum_sgd_(params, grads, bufs, hp.lr, hp.momentum, hp.weight_decay)
                 if report == "all" or (report == "last" and k == hp.iterations - 1):
-                    losses.append(loss.detach())
+                    losses.append(loss)
             value = None
             if report == "all":
                 value = [float(v) for v in losses]
