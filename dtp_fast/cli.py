@@ -165,6 +165,7 @@ def _list_presets() -> None:
 
 def cmd_train(args) -> int:
     from .api import make_run
+    from .distributed import init_from_env
     from .presets import normalize_settings, resolve_preset
     from .utils import atomic_write_json
 
@@ -184,10 +185,17 @@ def cmd_train(args) -> int:
     _, dataset, defaults = resolve_preset(preset, given.pop("dataset", None))
     algo, seed = given.get("algo", defaults.get("algo", "ldrl")), given.get("seed", defaults.get("seed", 0))
     out = Path(args.out or f"runs/{preset}-{dataset}-{algo}-seed{seed}")
+    # under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK on GPUs)
+    dist, device = init_from_env(given.get("device") or "auto")
+    saved = {k: v for k, v in given.items() if k != "progress"}
+    if dist.enabled:
+        given["device"] = device    # per rank: not saved
     trainer = make_run(preset, dataset, data, out=out, resume=args.resume, **given)
-    atomic_write_json({"preset": preset, "dataset": dataset, "data": data}
-                      | {k: v for k, v in given.items() if k != "progress"}, out / "config.json")
+    if dist.is_main:
+        atomic_write_json({"preset": preset, "dataset": dataset, "data": data} | saved, out / "config.json")
     summary = trainer.fit()
+    if not dist.is_main:
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -309,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "layer's DTP update and its backprop gradient (L-DRL, DRL, random, symmetric).")
     theory.add_arguments(p)
     p.set_defaults(func=theory.run)
+    from . import scaling
+
+    p = sub.add_parser("scaling", help="data-parallel scaling efficiency: images/s with N ranks vs N x one rank",
+                       description="Launch `dtp-fast train` under torchrun for each rank count (a few batches, "
+                                   "a fixed batch per rank) and report images/s, the efficiency against N times "
+                                   "one rank, and the time spent in communication.")
+    scaling.add_arguments(p)
+    p.set_defaults(func=scaling.run)
     p = sub.add_parser("info", help="versions, devices, compiled kernels and usable backends",
                        description="Show versions, devices, whether the compiled extension is usable, and which "
                                    "feedback backends can run on each device (and why not).")
@@ -320,13 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     import os
 
+    from .distributed import DistributedError
     from .feedback import BackendUnavailableError
     from .trainer import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, NonFiniteLossError, BackendUnavailableError) as err:
+    except (ValueError, OSError, NonFiniteLossError, BackendUnavailableError, DistributedError) as err:
         if os.environ.get("DTP_FAST_DEBUG"):
             raise
         print(f"dtp-fast: error: {err}", file=sys.stderr)

@@ -1283,6 +1283,10 @@ class Loader:
     ``stream_threshold`` bytes (default :attr:`STREAM_THRESHOLD`, 2 GiB) or are
     memory-mapped (``dataset.memory_mapped``) and ``device`` is the CPU.  The
     batches are the same either way.
+
+    ``shard=(rank, world)`` (data-parallel runs) yields only this rank's rows of
+    every batch (see :meth:`bounds`); ``batch_size`` stays the global batch.
+    A final batch with fewer rows than ranks is skipped.
     """
 
     STREAM_THRESHOLD = 2 << 30      # bytes of uint8 images above which a split is streamed
@@ -1290,7 +1294,8 @@ class Loader:
     def __init__(self, dataset: Dataset, split: str, batch_size: int, *, device="cpu",
                  dtype: torch.dtype = torch.float32, shuffle: bool | None = None, augment: bool | None = None,
                  drop_last: bool = False, limit_batches: int | None = None, seed: int = 0, pad: int = 4,
-                 stream: bool | None = None, stream_threshold: int | None = None) -> None:
+                 stream: bool | None = None, stream_threshold: int | None = None,
+                 shard: tuple[int, int] | None = None) -> None:
         if split not in _SPLITS:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if int(batch_size) < 1:
@@ -1314,6 +1319,10 @@ class Loader:
         self.stream = None if stream is None else bool(stream)
         self.stream_threshold = self.STREAM_THRESHOLD if stream_threshold is None else int(stream_threshold)
         self._norm = None
+        rank, world = shard if shard is not None else (0, 1)
+        if not 0 <= rank < world:
+            raise ValueError(f"shard (rank, world) must have 0 <= rank < world, got {shard}")
+        self.shard = (int(rank), int(world))
 
     @property
     def num_samples(self) -> int:
@@ -1326,7 +1335,21 @@ class Loader:
     def __len__(self) -> int:
         n, bs = self.num_samples, self.batch_size
         batches = n // bs if self.drop_last else -(-n // bs)
+        if 0 < n % bs < self.shard[1] and not self.drop_last:
+            batches -= 1   # a final batch smaller than the number of ranks is skipped (by every rank)
         return batches if self.limit_batches is None else min(batches, self.limit_batches)
+
+    def global_bounds(self, b: int) -> tuple[int, int]:
+        """Positions ``[s, e)`` in the epoch's order of global batch ``b`` (all ranks together)."""
+        return b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
+
+    def bounds(self, b: int) -> tuple[int, int]:
+        """Positions ``[lo, hi)`` of this loader's share of batch ``b``: for rank r of W, rows
+        ``floor(r m / W) .. floor((r + 1) m / W) - 1`` of the global batch of m rows."""
+        s, e = self.global_bounds(b)
+        rank, world = self.shard
+        m = e - s
+        return s + rank * m // world, s + (rank + 1) * m // world
 
     def _randomness(self, epoch: int):
         """(order or None, (flip, dy, dx) or None) of an epoch, on the CPU."""
@@ -1377,9 +1400,8 @@ class Loader:
             order = order.to(self.device)
         if aug is not None:
             aug = tuple(t.to(self.device) for t in aug)
-        n, bs = self.num_samples, self.batch_size
         for b in range(len(self)):
-            s, e = b * bs, min((b + 1) * bs, n)
+            s, e = self.bounds(b)
             if order is None:
                 xb, yb = x_all[s:e], y_all[s:e]
             else:
@@ -1416,8 +1438,8 @@ class Loader:
         if aug is not None:
             aug = tuple(t.to(self.device) for t in aug)
         pin = self.device.type == "cuda" and x_all.device.type == "cpu" and y_all.device.type == "cpu"
-        n, bs, nb = self.num_samples, self.batch_size, len(self)
-        bounds = [(b * bs, min((b + 1) * bs, n)) for b in range(nb)]
+        nb = len(self)
+        bounds = [self.bounds(b) for b in range(nb)]
         # the gathering thread allocates pinned memory: on the loader's GPU, not on GPU 0
         init = dict(initializer=torch.cuda.set_device, initargs=(_canonical_device(self.device),)) if pin else {}
         pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtp-fast-loader", **init)

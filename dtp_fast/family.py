@@ -75,8 +75,9 @@ def drl_loss(net, i: int, s, eps, sigma: float) -> torch.Tensor:
 
 
 def train_family_feedback(algo: str, net, acts, switches, hparams, state: FeedbackState, noise, step: int,
-                          report: str = "last") -> dict:
-    """Feedback phase of ``dtp``, ``tp`` or ``drl`` for one batch (autograd, layer after layer)."""
+                          report: str = "last", sample_offset: int = 0, reduce=None) -> dict:
+    """Feedback phase of ``dtp``, ``tp`` or ``drl`` for one batch (autograd, layer after layer).
+    ``sample_offset`` and ``reduce`` as in :func:`dtp_fast.feedback.train_feedback`."""
     if algo not in ("dtp", "tp", "drl"):
         raise ValueError(f"train_family_feedback handles dtp, tp and drl, not {algo!r}")
     blocks = net.block_list()
@@ -98,11 +99,14 @@ def train_family_feedback(algo: str, net, acts, switches, hparams, state: Feedba
                 total = 0.0
                 for s in range(hp.samples):
                     eps = noise.normal(step=step, layer=i, iteration=k, sample=s, which="x", shape=src.shape,
-                                       device=src.device, dtype=src.dtype)
+                                       device=src.device, dtype=src.dtype, offset=sample_offset)
                     total = total + (drl_loss(net, i, src, eps, hp.noise) if algo == "drl"
                                      else reconstruction_loss(blocks[i], src, eps, hp.noise))
                 loss = total / hp.samples
-                grads = torch.autograd.grad(loss, params)
+                grads = list(torch.autograd.grad(loss, params))
+            loss = loss.detach()
+            if reduce is not None:
+                reduce(grads + [loss])
             momentum_sgd_(params, grads, bufs, hp.lr, hp.momentum, hp.weight_decay)
             if report == "all" or (report == "last" and k == hp.iterations - 1):
                 losses.append(float(loss.detach()))

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .data import Dataset, Loader
 from .diagnostics import gradient_alignment, weight_alignment
+from .distributed import Distributed, DistributedError, current
 from .dtp import bp_loss, dtp_loss
 from .family import TARGET_RULES, ensure_direct_feedback, train_family_feedback
 from .feedback import FeedbackConfig, FeedbackState, resolve_backend, train_feedback
@@ -101,12 +102,22 @@ class Trainer:
         resume: continue from ``out/checkpoint.pt``.
         noise: override the noise source (default: counter-based, from the seed).
         info: extra fields for the summary (preset, data set name, ...).
+        dist: this process's place in a data-parallel run (default: the
+            initialised ``torch.distributed`` process group, if any, else one
+            process). ``config.batch_size`` is the global batch; every rank
+            trains on its slice and the result equals one process's.
     """
 
     def __init__(self, net, dataset: Dataset, config: TrainConfig | None = None, *, out=None,
-                 resume: bool = False, noise: NoiseSource | None = None, info: dict | None = None):
+                 resume: bool = False, noise: NoiseSource | None = None, info: dict | None = None,
+                 dist: Distributed | None = None):
         self.config = config = config or TrainConfig()
         config.validate()
+        self.dist = dist if dist is not None else current()
+        if config.batch_size % self.dist.world:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.dist.world} ranks: the "
+                             f"batch size is the global batch, split evenly over the ranks; use a multiple of "
+                             f"{self.dist.world}")
         self.device = resolve_device(config.device)
         self.dtype = getattr(torch, config.dtype)
         if tuple(dataset.in_shape) != tuple(net.in_shape):
@@ -140,19 +151,32 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=config.t_max or config.epochs, eta_min=config.eta_min)
         loader_kw = dict(device=self.device, dtype=self.dtype, seed=config.seed)
+        shard = (self.dist.rank, self.dist.world)
         self.train_loader = Loader(dataset, "train", config.batch_size, augment=config.augment,
-                                   limit_batches=config.limit_batches, **loader_kw)
-        self.test_loader = Loader(dataset, "test", max(config.batch_size, 256), **loader_kw)
+                                   limit_batches=config.limit_batches, shard=shard, **loader_kw)
+        self.test_loader = Loader(dataset, "test", max(config.batch_size, 256), shard=shard, **loader_kw)
+        self.diag_loader = Loader(dataset, "test", 256, **loader_kw)   # the same batch on every rank
         self.epoch = 0          # completed epochs
         self.step = 0           # completed training steps (batches)
         self.history: list[dict] = []
-        self.totals = {"train_seconds": 0.0, "feedback_seconds": 0.0, "forward_seconds": 0.0, "images": 0}
+        self.totals = {"train_seconds": 0.0, "feedback_seconds": 0.0, "forward_seconds": 0.0, "comm_seconds": 0.0,
+                       "images": 0}
         if resume:
             self._resume()
         elif self.out is not None and (self.out / CHECKPOINT_NAME).exists():
             raise FileExistsError(f"{self.out} already holds a run ({CHECKPOINT_NAME}); pass resume=True "
                                   f"(--resume) to continue it, or choose another output folder")
+        self.dist.check_same("run", self._description())
 
+    def _description(self) -> dict:
+        """What every rank of a data-parallel run must agree on."""
+        with torch.no_grad():
+            weights = sum(float(p.double().sum()) for p in self.net.parameters())
+        config = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("device", "progress")}
+        return {**config, "network": [(n, tuple(p.shape)) for n, p in self.net.named_parameters()],
+                "weights_checksum": round(weights, 6), "epoch": self.epoch, "step": self.step,
+                "dataset": self.dataset.name, "train_size": self.train_loader.num_samples,
+                "test_size": self.test_loader.num_samples}
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> Path | None:
@@ -168,7 +192,7 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        if self.out is not None:
+        if self.out is not None and self.dist.is_main:
             atomic_save(self.state_dict(), self.checkpoint_path)
 
     def _resume(self) -> None:
@@ -195,13 +219,20 @@ class Trainer:
                           + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scheduler.T_max = self.config.t_max or self.config.epochs  # --epochs may have grown
+        t_max = self.config.t_max or self.config.epochs
+        if self.scheduler.T_max != t_max:    # --epochs changed: the cosine of the new period, from here on
+            sched = self.scheduler
+            sched.T_max = t_max
+            for group, base in zip(self.optimizer.param_groups, sched.base_lrs):
+                group["lr"] = sched.eta_min + (base - sched.eta_min) * (
+                    1 + math.cos(math.pi * min(sched.last_epoch, t_max) / t_max)) / 2
+            sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.fb_state.load_state_dict(ckpt["feedback_state"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
-        self.history, self.totals = list(ckpt["history"]), dict(ckpt["totals"])
+        self.history, self.totals = list(ckpt["history"]), {**self.totals, **ckpt["totals"]}
         # metrics written after the checkpoint (an interrupted epoch) are dropped
         metrics = self.out / "metrics.jsonl"
-        if metrics.exists():
+        if metrics.exists() and self.dist.is_main:
             keep = [line for line in metrics.read_text().splitlines()
                     if line.strip() and json.loads(line).get("epoch", 0) <= self.epoch]
             metrics.write_text("".join(line + "\n" for line in keep))
@@ -217,11 +248,18 @@ class Trainer:
                 f"{what} is {float(value)} at epoch {self.epoch + 1}, batch {batch + 1} (step {self.step}); "
                 f"training stopped and {last}. Lower the learning rates (lr, feedback_lr) or the noise.")
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, watch: Stopwatch, batch: int = 0) -> dict:
-        """One training step on a batch. Returns the loss, correct count and feedback stats."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, watch: Stopwatch, batch: int = 0, offset: int = 0,
+                   weight: float = 1.0) -> dict:
+        """One training step on a batch. Returns the loss, correct count and feedback stats.
+
+        Data-parallel runs: ``x, y`` are this rank's rows ``offset ..`` of the global batch,
+        ``weight`` their share of it (rows / global rows); gradients and losses are
+        averaged over the global batch.
+        """
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         stats = {}
+        reduce = (lambda ts: self.dist.reduce_weighted_(ts, weight)) if self.dist.enabled else None
         if self.config.algo != "bp":
             with watch("forward"):
                 acts, switches = self.net.activations(x, detach_inputs=True)
@@ -229,30 +267,35 @@ class Trainer:
                 if self.backend is not None:
                     stats = train_feedback(self.net, acts, switches, self.fb_hparams, self.fb_state, self.noise,
                                            self.step, backend=self.backend, report="last",
-                                           memory_budget=self.memory_budget)
+                                           memory_budget=self.memory_budget, sample_offset=offset, reduce=reduce)
                 else:
                     stats = train_family_feedback(self.config.algo, self.net, [a.detach() for a in acts], switches,
-                                                  self.fb_hparams, self.fb_state, self.noise, self.step)
+                                                  self.fb_hparams, self.fb_state, self.noise, self.step,
+                                                  sample_offset=offset, reduce=reduce)
             for name, s in stats.items():
                 if s["loss"] is not None:
                     self._check_finite(s["loss"], f"the feedback loss of layer {name!r}", batch)
+            what = "the DTP loss"
             with watch("forward"):
                 loss, logits = dtp_loss(self.net, x, y, self.config.beta, acts, switches, self.rule)
-                self._check_finite(loss, "the DTP loss", batch)
-                loss.backward()
-                self.optimizer.step()
         else:
+            what = "the cross-entropy loss"
             with watch("forward"):
                 loss, logits = bp_loss(self.net, x, y)
-                self._check_finite(loss, "the cross-entropy loss", batch)
-                loss.backward()
-                self.optimizer.step()
+        with watch("forward"):
+            loss.backward()
+            loss = loss.detach()
+            if reduce is not None:  # one bucket: the forward gradients and the loss
+                reduce([p.grad for p in self.net.forward_parameters() if p.grad is not None] + [loss])
+            self._check_finite(loss, what, batch)
+            self.optimizer.step()
         self.step += 1
-        return {"loss": float(loss.detach()), "correct": int((logits.argmax(1) == y).sum()), "feedback": stats}
+        return {"loss": float(loss), "correct": int((logits.argmax(1) == y).sum()), "feedback": stats}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Top-1 (and top-5 with more than 5 classes) accuracy and mean cross-entropy on the test split."""
+        """Top-1 (and top-5 with more than 5 classes) accuracy and mean cross-entropy on the test split
+        (data-parallel runs: each rank evaluates its slice, the counts are summed)."""
         self.net.eval()
         n = correct = correct5 = 0
         loss = 0.0
@@ -262,6 +305,7 @@ class Trainer:
             correct += _topk_correct(logits, y, 1)
             correct5 += _topk_correct(logits, y, 5)
             n += len(y)
+        loss, correct, correct5, n = self.dist.sum_([loss, correct, correct5, n])
         out = {"test_accuracy": correct / n, "test_loss": loss / n}
         if self.net.num_classes > 5:
             out["test_top5"] = correct5 / n
@@ -269,8 +313,7 @@ class Trainer:
 
     def diagnostics(self) -> dict:
         """Weight alignment of the feedback layers and the DTP/backprop gradient angles on a test batch."""
-        x, y = next(iter(self.test_loader))
-        x, y = x[:256], y[:256]
+        x, y = next(iter(self.diag_loader))
         out = {"alignment": weight_alignment(self.net) if self.rule in ("difference", "tp") else {}}
         out["gradient_angle_deg"] = gradient_alignment(self.net, x, y, rule=self.rule or "difference")
         return out
@@ -287,13 +330,15 @@ class Trainer:
         loss_sum = 0.0
         fb_loss: dict = {}
         bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not cfg.progress, dynamic_ncols=True, leave=False)
+                   disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
+        comm0 = self.dist.comm_seconds
         t0 = time.perf_counter()
         for b, (x, y) in enumerate(self.train_loader):
-            r = self.train_step(x, y, watch, b)
-            n += len(y)
+            (s, e), (lo, hi) = self.train_loader.global_bounds(b), self.train_loader.bounds(b)
+            r = self.train_step(x, y, watch, b, offset=lo - s, weight=(hi - lo) / (e - s))
+            n += e - s
             correct += r["correct"]
-            loss_sum += r["loss"] * len(y)
+            loss_sum += r["loss"] * (e - s)    # the loss is the global batch's
             for name, s in r["feedback"].items():
                 if s["loss"] is not None:
                     fb_loss[name] = s["loss"]
@@ -305,16 +350,21 @@ class Trainer:
                                     f"feedback {100 * fb / max(fb + fw, 1e-9):.0f}% / forward "
                                     f"{100 * fw / max(fb + fw, 1e-9):.0f}%")
         bar.close()
+        (correct,) = self.dist.sum_([correct])
         seconds = time.perf_counter() - t0
+        comm = self.dist.comm_seconds - comm0
         self.scheduler.step()
         self.epoch += 1
         for key, v in (("train_seconds", seconds), ("feedback_seconds", watch.get("feedback")),
-                       ("forward_seconds", watch.get("forward")), ("images", n)):
+                       ("forward_seconds", watch.get("forward")), ("comm_seconds", comm), ("images", n)):
             self.totals[key] += v
-        return {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": loss_sum / n,
-                "train_accuracy": correct / n, "epoch_seconds": seconds,
-                "feedback_seconds": watch.get("feedback"), "forward_seconds": watch.get("forward"),
-                "images_per_second": n / seconds, "feedback_loss": fb_loss}
+        record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": loss_sum / n,
+                  "train_accuracy": correct / n, "epoch_seconds": seconds,
+                  "feedback_seconds": watch.get("feedback"), "forward_seconds": watch.get("forward"),
+                  "images_per_second": n / seconds, "feedback_loss": fb_loss}
+        if self.dist.enabled:
+            record.update(ranks=self.dist.world, comm_seconds=comm)
+        return record
 
     def fit(self, stop_after: int | None = None) -> dict:
         """Train for the configured number of epochs (from where a resumed run left off)
@@ -324,16 +374,23 @@ class Trainer:
         split over several jobs, each resuming the last).
         """
         end = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
-        while self.epoch < end:
-            record = self.train_epoch()
-            record.update(self.evaluate())
-            if self.config.diagnostics:
-                record.update(self.diagnostics())
-            self.history.append(record)
-            self._log(record)
-            self.save_checkpoint()
+        try:
+            while self.epoch < end:
+                record = self.train_epoch()
+                record.update(self.evaluate())
+                if self.config.diagnostics and self.dist.is_main:
+                    record.update(self.diagnostics())
+                self.history.append(record)
+                self._log(record)
+                self.save_checkpoint()
+                self.dist.barrier()     # the checkpoint is complete before any rank goes on
+        except DistributedError as err:
+            path = self.checkpoint_path
+            kept = (f"the last checkpoint ({path}, after epoch {self.epoch}) is intact: restart every rank with "
+                    f"--resume" if path is not None and path.exists() else "no checkpoint was written")
+            raise DistributedError(f"{err}; training stopped and {kept}") from err
         summary = self.summary()
-        if self.out is not None:
+        if self.out is not None and self.dist.is_main:
             atomic_write_json(summary, self.out / "summary.json")
         return summary
 
@@ -369,6 +426,8 @@ class Trainer:
         tb.flush()
 
     def _log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         self._log_tensorboard(record)
         if self.config.progress:
             msg = (f"epoch {record['epoch']}/{self.config.epochs}  train loss {record['train_loss']:.4f}  "
@@ -399,6 +458,8 @@ class Trainer:
             "train_seconds": t["train_seconds"],
             "feedback_seconds": t["feedback_seconds"],
             "forward_seconds": t["forward_seconds"],
+            "comm_seconds": t.get("comm_seconds", 0.0),
+            "ranks": self.dist.world,
             "alignment": last.get("alignment", {}),
             "gradient_angle_deg": last.get("gradient_angle_deg", {}),
             "config": dataclasses.asdict(self.config),

@@ -1,0 +1,11 @@
+"""Data-parallel scaling efficiency; the same as ``dtp-fast scaling``.
+
+    python benchmarks/bench_scaling.py --ranks 1,2 --preset simple_vgg --batch-per-rank 32 --batches 10
+    python benchmarks/bench_scaling.py --help
+"""
+import sys
+
+from dtp_fast.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["scaling", *sys.argv[1:]]))
