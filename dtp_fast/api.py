@@ -6,6 +6,7 @@ import dataclasses
 import torch
 
 from .data import load_dataset
+from .distributed import init_from_env
 from .presets import ALIASES, ARCH_KEYS, PER_LAYER_KEYS, normalize_settings, per_layer_values, resolve_preset
 from .trainer import TrainConfig, Trainer
 
@@ -27,7 +28,14 @@ def make_run(preset: str = "simple_vgg", dataset: str | None = None, data=None, 
     implementation's names (``feedback_training_iterations``, ``b_optim.lr``,
     ``f_optim.lr``, ...). Per-layer settings also take ``{layer name: value}``
     for just some layers. The network is initialised from ``seed``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group and
+    puts each rank on its own GPU (``cuda:LOCAL_RANK``) or on the CPU; the
+    trainer then trains data-parallel (see :mod:`dtp_fast.distributed`).
     """
+    dist, device = init_from_env(settings.get("device") or "auto")
+    if dist.enabled:
+        settings = {**settings, "device": device}
     p, dataset, defaults = resolve_preset(preset, dataset)
     ds = load_dataset(dataset, data)
     given = normalize_settings({k: v for k, v in settings.items() if v is not None})

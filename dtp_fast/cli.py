@@ -165,7 +165,6 @@ def _list_presets() -> None:
 
 def cmd_train(args) -> int:
     from .api import make_run
-    from .distributed import init_from_env
     from .presets import normalize_settings, resolve_preset
     from .utils import atomic_write_json
 
@@ -185,12 +184,9 @@ def cmd_train(args) -> int:
     _, dataset, defaults = resolve_preset(preset, given.pop("dataset", None))
     algo, seed = given.get("algo", defaults.get("algo", "ldrl")), given.get("seed", defaults.get("seed", 0))
     out = Path(args.out or f"runs/{preset}-{dataset}-{algo}-seed{seed}")
-    # under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK on GPUs)
-    dist, device = init_from_env(given.get("device") or "auto")
     saved = {k: v for k, v in given.items() if k != "progress"}
-    if dist.enabled:
-        given["device"] = device    # per rank: not saved
-    trainer = make_run(preset, dataset, data, out=out, resume=args.resume, **given)
+    trainer = make_run(preset, dataset, data, out=out, resume=args.resume, **given)  # joins torchrun's group
+    dist = trainer.dist
     if dist.is_main:
         atomic_write_json({"preset": preset, "dataset": dataset, "data": data} | saved, out / "config.json")
     summary = trainer.fit()
