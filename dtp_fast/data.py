@@ -1286,7 +1286,8 @@ class Loader:
 
     ``shard=(rank, world)`` (data-parallel runs) yields only this rank's rows of
     every batch (see :meth:`bounds`); ``batch_size`` stays the global batch.
-    A final batch with fewer rows than ranks is skipped.
+    A final batch with fewer rows than ranks is skipped, or with
+    ``empty_shards=True`` yields empty batches on some ranks.
     """
 
     STREAM_THRESHOLD = 2 << 30      # bytes of uint8 images above which a split is streamed
@@ -1295,7 +1296,7 @@ class Loader:
                  dtype: torch.dtype = torch.float32, shuffle: bool | None = None, augment: bool | None = None,
                  drop_last: bool = False, limit_batches: int | None = None, seed: int = 0, pad: int = 4,
                  stream: bool | None = None, stream_threshold: int | None = None,
-                 shard: tuple[int, int] | None = None) -> None:
+                 shard: tuple[int, int] | None = None, empty_shards: bool = False) -> None:
         if split not in _SPLITS:
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if int(batch_size) < 1:
@@ -1323,6 +1324,7 @@ class Loader:
         if not 0 <= rank < world:
             raise ValueError(f"shard (rank, world) must have 0 <= rank < world, got {shard}")
         self.shard = (int(rank), int(world))
+        self.empty_shards = bool(empty_shards)
 
     @property
     def num_samples(self) -> int:
@@ -1335,7 +1337,7 @@ class Loader:
     def __len__(self) -> int:
         n, bs = self.num_samples, self.batch_size
         batches = n // bs if self.drop_last else -(-n // bs)
-        if 0 < n % bs < self.shard[1] and not self.drop_last:
+        if 0 < n % bs < self.shard[1] and not (self.drop_last or self.empty_shards):
             batches -= 1   # a final batch smaller than the number of ranks is skipped (by every rank)
         return batches if self.limit_batches is None else min(batches, self.limit_batches)
 

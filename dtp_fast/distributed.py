@@ -120,6 +120,20 @@ class Distributed:
             raise DistributedError(f"the ranks disagree on the {what} (ranks {bad} differ from rank 0): {detail}. "
                                    f"Start every rank with the same command and data")
 
+    def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Overwrite ``tensors`` with rank 0's, in place (one flat broadcast)."""
+        if not self.enabled or not tensors:
+            return
+        import torch.distributed as dist
+
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        self._collective("broadcast", lambda: dist.broadcast(flat, 0, group=self.group))
+        i = 0
+        with torch.no_grad():
+            for t in tensors:
+                t.copy_(flat[i:i + t.numel()].view_as(t))
+                i += t.numel()
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

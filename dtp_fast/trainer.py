@@ -154,7 +154,8 @@ class Trainer:
         shard = (self.dist.rank, self.dist.world)
         self.train_loader = Loader(dataset, "train", config.batch_size, augment=config.augment,
                                    limit_batches=config.limit_batches, shard=shard, **loader_kw)
-        self.test_loader = Loader(dataset, "test", max(config.batch_size, 256), shard=shard, **loader_kw)
+        self.test_loader = Loader(dataset, "test", max(config.batch_size, 256), shard=shard, empty_shards=True,
+                                  **loader_kw)
         self.diag_loader = Loader(dataset, "test", 256, **loader_kw)   # the same batch on every rank
         self.epoch = 0          # completed epochs
         self.step = 0           # completed training steps (batches)
@@ -167,16 +168,15 @@ class Trainer:
             raise FileExistsError(f"{self.out} already holds a run ({CHECKPOINT_NAME}); pass resume=True "
                                   f"(--resume) to continue it, or choose another output folder")
         self.dist.check_same("run", self._description())
+        # like DistributedDataParallel: every rank starts from rank 0's weights
+        self.dist.broadcast_([t for t in self.net.state_dict().values() if t.is_floating_point()])
 
     def _description(self) -> dict:
         """What every rank of a data-parallel run must agree on."""
-        with torch.no_grad():
-            weights = sum(float(p.double().sum()) for p in self.net.parameters())
         config = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("device", "progress")}
         return {**config, "network": [(n, tuple(p.shape)) for n, p in self.net.named_parameters()],
-                "weights_checksum": round(weights, 6), "epoch": self.epoch, "step": self.step,
-                "dataset": self.dataset.name, "train_size": self.train_loader.num_samples,
-                "test_size": self.test_loader.num_samples}
+                "epoch": self.epoch, "step": self.step, "dataset": self.dataset.name,
+                "train_size": self.train_loader.num_samples, "test_size": self.test_loader.num_samples}
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> Path | None:
@@ -300,6 +300,8 @@ class Trainer:
         n = correct = correct5 = 0
         loss = 0.0
         for x, y in self.test_loader:
+            if not len(y):    # a rank's empty slice of a final batch smaller than the number of ranks
+                continue
             logits = self.net(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += _topk_correct(logits, y, 1)

@@ -38,7 +38,16 @@ def _worker(rank, world, port, run, out, die_at_step, stop_after):
         run = dict(run)
         if isinstance(run.get("lr"), list):          # a per-rank setting (to test disagreement)
             run["lr"] = run["lr"][rank]
-        trainer = make_run(**run)
+        if run.pop("seed_by_rank", False):   # each rank initialises its own network differently
+            import dtp_fast
+
+            torch.manual_seed(rank)
+            ds = load_dataset("digits")
+            net = dtp_fast.lenet(ds.in_shape, ds.num_classes, channels=(4, 8), hidden=16)
+            config = dtp_fast.TrainConfig(**{k: v for k, v in run.items() if k not in ("preset", "dataset")})
+            trainer = dtp_fast.Trainer(net, ds, config)
+        else:
+            trainer = make_run(**run)
         if die_at_step is not None and rank == 1:
             step = trainer.train_step
 
@@ -175,3 +184,28 @@ def test_scaling_reports_efficiency_and_communication(tmp_path):
     assert (one["ranks"], two["ranks"], two["global_batch"]) == (1, 2, 8)
     assert one["efficiency"] == 1.0 and 0 < two["efficiency"] and two["comm_seconds"] > 0 == one["comm_seconds"]
     assert "| 2 | 8 |" in (tmp_path / "s.md").read_text()
+
+
+def test_empty_shards_for_evaluation():
+    ds = load_dataset("digits")
+    n = Loader(ds, "test", 8).num_samples
+    bs = n - 1 if n % 2 else n - 2          # a final batch of 1 or 2 rows, over 3 ranks
+    shards = [Loader(ds, "test", bs, shard=(r, 3), empty_shards=True) for r in range(3)]
+    sizes = [[len(y) for _, y in loader] for loader in shards]
+    assert all(len(s) == 2 for s in sizes) and sum(s[1] for s in sizes) == n - bs and 0 in [s[1] for s in sizes]
+
+
+def test_every_rank_starts_from_rank_0s_weights(tmp_path):
+    import dtp_fast
+
+    run = {**RUN, "seed_by_rank": True}
+    two, errors = _launch(tmp_path, 2, run)
+    assert not errors, errors
+    torch.manual_seed(0)
+    ds = load_dataset("digits")
+    net = dtp_fast.lenet(ds.in_shape, ds.num_classes, channels=(4, 8), hidden=16)
+    config = dtp_fast.TrainConfig(**{k: v for k, v in RUN.items() if k not in ("preset", "dataset")})
+    trainer = dtp_fast.Trainer(net, ds, config)
+    trainer.fit()
+    _assert_same_run({"net": trainer.net.state_dict(), "feedback": trainer.fb_state.state_dict(),
+                      "history": trainer.history}, two)
