@@ -2,8 +2,14 @@
 import os
 
 import pytest
+import torch
 
-from dtp_fast import _ext
+# Without a usable GPU, Triton kernels run on CPU tensors in Triton's interpreter (tests/test_triton.py).
+# It must be set before any module defining kernels is imported (triton.jit reads it then).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from dtp_fast import _ext  # noqa: E402
 
 
 def require_ext():

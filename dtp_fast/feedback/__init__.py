@@ -22,11 +22,13 @@ from .engine import (
 from .reference import ReferenceBackend, ldrl_loss  # registers the backend
 from .analytic import DEFAULT_MEMORY_BUDGET, AnalyticBackend  # registers the backend
 from .fused import FusedCPUBackend  # registers the backend
+from .triton import TritonBackend  # registers the backend (imports triton only when used)
 
 __all__ = [
     "AnalyticBackend",
     "DEFAULT_MEMORY_BUDGET",
     "FusedCPUBackend",
+    "TritonBackend",
     "BackendUnavailableError",
     "FeedbackConfig",
     "FeedbackState",

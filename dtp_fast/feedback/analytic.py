@@ -328,6 +328,18 @@ class AnalyticBackend:
         h2 = block.h((sigma * eps).unflatten(0, (m, -1)).add_(y).flatten(0, 1), sw)
         return h2.unflatten(0, (m, -1)).sub_(h0).flatten(0, 1)
 
+    def run_interleaved(self, layers, report: str, reduce=None) -> None:
+        """Run every layer's iterations on this thread, iteration k of every layer before k + 1
+        (a hook: the ``triton`` backend replaces it with fused kernels and CUDA graphs)."""
+        for k in range(max((lay.hp.iterations for lay in layers), default=0)):
+            active = [lay for lay in layers if k < lay.hp.iterations]
+            wants = [report == "all" or (report == "last" and k == lay.hp.iterations - 1) for lay in active]
+            grads = [lay.gradient(k, want) for lay, want in zip(active, wants)]
+            if reduce is not None:  # one bucket: every layer's gradient and reported loss
+                reduce(grads + [lay.losses[-1] for lay, want in zip(active, wants) if want])
+            for lay, grad in zip(active, grads):
+                lay.apply(grad, k)
+
     def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
               sample_offset=0, reduce=None):
         budget = self.memory_budget if memory_budget == "default" else memory_budget
@@ -351,14 +363,7 @@ class AnalyticBackend:
             if workers > 1:
                 _run_concurrently(layers, report, workers)
             else:
-                for k in range(max((hp.iterations for hp in hparams), default=0)):
-                    active = [lay for lay in layers if k < lay.hp.iterations]
-                    wants = [report == "all" or (report == "last" and k == lay.hp.iterations - 1) for lay in active]
-                    grads = [lay.gradient(k, want) for lay, want in zip(active, wants)]
-                    if reduce is not None:  # one bucket: every layer's gradient and reported loss
-                        reduce(grads + [lay.losses[-1] for lay, want in zip(active, wants) if want])
-                    for lay, grad in zip(active, grads):
-                        lay.apply(grad, k)
+                self.run_interleaved(layers, report, reduce)
             for layer in layers:
                 layer.finish()
         stats = {}

@@ -1,0 +1,373 @@
+"""The ``triton`` backend: the ``torch`` engine (ALGORITHM.md section 5) with fused
+Triton kernels (:mod:`dtp_fast.kernels`) and the sequential chain in a CUDA graph.
+
+What runs where, per batch:
+
+- Precomputation (batched over all the iterations a chunk holds): dx = sigma * eps
+  drawn in a kernel; the noisy forward convolution (cuDNN); dh1 in one kernel
+  (activation, max-pool with switches, unpool, minus the clean pass); dh2 in one
+  kernel with its noise drawn in the kernel, never stored; A_k = wgrad(dh1, dx).
+- Linear feedback blocks: C_k and A_k by batched matrix products, then every
+  iteration in one persistent kernel (momentum SGD and the loss included).
+- Conv feedback blocks, layers interleaved: per iteration one transposed
+  convolution and one weight gradient per layer (cuDNN), the loss when reported
+  (one fused reduction per layer) and one multi-tensor momentum step for all
+  layers. On CUDA, when every layer's iterations fit in one precomputed chunk
+  (the default memory budget is a quarter of the free GPU memory, up to 8 GiB),
+  this chain is captured in a CUDA graph on the second batch of a given shape
+  and replayed from then on (the first batch runs it eagerly, which compiles
+  the kernels); otherwise, or if capture fails, it runs eagerly.
+- TF32 for the convolutions: on by default on Ampere and newer (``tf32=None``);
+  ``tf32=False`` or ``DTP_FAST_TF32=0`` turns it off (for bitwise comparisons
+  with ``reference`` at float32 tolerances).
+
+With a ``reduce`` hook (data-parallel runs) the chain runs iteration by
+iteration as in the ``torch`` engine, so every process all-reduces the same
+buckets in the same order; the fused precomputation is still used.
+
+The backend is usable on CUDA devices with ``triton`` >= 3.6 importable. Its
+pieces also run on CPU tensors under ``TRITON_INTERPRET=1`` (call
+:meth:`TritonBackend.train` directly): that is how tests/test_triton.py checks
+them without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections import OrderedDict
+
+import torch
+
+from ..noise import CounterNoise, NoiseBlock
+from .analytic import DEFAULT_MEMORY_BUDGET, AnalyticBackend
+from .engine import register_backend
+
+__all__ = ["TritonBackend"]
+
+_GiB = 2**30
+
+
+def _env_off(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
+class _ChainGraph:
+    """Static tensors and the captured CUDA graph of one shape of the conv chain."""
+
+    def __init__(self):
+        self.buffers = {}        # block index (_Layer.index) -> {"V", "buf", "A", "dh2"}
+        self.table = None        # per-layer scalars
+        self.losses = None       # (layers, iterations) losses written by the graph
+        self.graph = None
+        self.runs = 0            # eager runs so far (the first one warms up)
+        self.failed = None       # why capture failed, if it did
+
+
+class TritonBackend(AnalyticBackend):
+    """Autograd-free L-DRL with fused Triton kernels; CUDA only (see the module doc).
+
+    Args:
+        memory_budget: bytes for the precomputed perturbations; ``"auto"``: a quarter
+            of the free GPU memory, at most 8 GiB (so that one chunk holds every
+            iteration and the chain can be graphed).
+        cuda_graphs: capture the conv chain in a CUDA graph when shapes repeat
+            (``DTP_FAST_CUDA_GRAPHS=0`` turns it off).
+        tf32: allow TF32 in the convolutions: None (default) means yes on compute
+            capability >= 8.0 unless ``DTP_FAST_TF32=0``.
+    """
+    name = "triton"
+
+    def __init__(self, memory_budget="auto", cuda_graphs: bool = True, tf32: bool | None = None,
+                 max_graphs: int = 2, block: int = 1024):
+        super().__init__(memory_budget=memory_budget)
+        self.cuda_graphs = cuda_graphs
+        self.tf32 = tf32
+        self.max_graphs = max_graphs
+        self.block = block
+        self._graphs: OrderedDict = OrderedDict()
+        self._current: _ChainGraph | None = None
+        #: how the last call ran its conv chain: "graph-capture", "graph-replay", "eager (...)"
+        self.last_chain = None
+
+    # ------------------------------------------------------------------ registry
+    def availability(self, device):
+        from .. import kernels
+
+        if device.type != "cuda":
+            return False, (f"fused Triton kernels for CUDA devices only (this is {device.type}); on a CPU use "
+                           f"'cpp' or 'torch'")
+        if not torch.cuda.is_available():
+            return False, ("no CUDA device is usable here (torch.cuda.is_available() is False): install a CUDA "
+                           "build of torch on a machine with an NVIDIA GPU")
+        if not kernels.available():
+            return False, kernels.load_error()
+        return True, ("fused Triton kernels (in-kernel Philox noise, fused pool/unpool perturbations, persistent "
+                      "Linear chain, multi-tensor momentum) and a CUDA-graphed chain")
+
+    def _workers(self, device, hparams, budget, blocks, batch, element_size) -> int:
+        return 1  # layers interleaved on one stream (and one thread under the interpreter)
+
+    def tf32_enabled(self, device) -> bool:
+        """Whether the convolutions of a run on ``device`` may use TF32."""
+        if device.type != "cuda":
+            return False
+        if self.tf32 is not None:
+            return bool(self.tf32)
+        return not _env_off("DTP_FAST_TF32") and torch.cuda.get_device_capability(device) >= (8, 0)
+
+    @contextlib.contextmanager
+    def _tf32(self, device):
+        if device.type != "cuda":
+            yield
+            return
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32_enabled(device)
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved
+
+    def auto_budget(self, device) -> int:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(min(free // 4, 8 * _GiB))
+        return DEFAULT_MEMORY_BUDGET
+
+    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
+              sample_offset=0, reduce=None):
+        device = acts[0].device
+        if memory_budget == "default" and self.memory_budget == "auto":
+            memory_budget = self.auto_budget(device)
+        with self._tf32(device):
+            return super().train(net, acts, switches, hparams, state, noise, step, report,
+                                 memory_budget=memory_budget, sample_offset=sample_offset, reduce=reduce)
+
+    # ------------------------------------------------------------------ precomputation hooks
+    @staticmethod
+    def _counter(noise: NoiseBlock):
+        """(key, offset, iteration, samples) when the kernels can draw this noise themselves."""
+        if isinstance(noise.source, CounterNoise):
+            return noise.source.key(noise.step, noise.layer, noise.which), noise.offset, noise.k0, noise.samples
+        return None
+
+    def noisy_input(self, noise: NoiseBlock, sigma: float, x: torch.Tensor, fmt) -> torch.Tensor:
+        counter = self._counter(noise)
+        if counter is None:
+            return super().noisy_input(noise, sigma, x, fmt)
+        from ..kernels.noise import noise_fill_
+
+        key, offset, k0, samples = counter
+        out = torch.empty((noise.n * samples * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device,
+                          memory_format=fmt if x.dim() == 4 else torch.contiguous_format)
+        return noise_fill_(out, key, sigma, batch=x.shape[0], offset=offset, iteration=k0, samples=samples,
+                           block=self.block)
+
+    def dh1(self, block, x_noisy, h0):
+        if block.pool is None:
+            return super().dh1(block, x_noisy, h0)
+        from ..kernels.pool import pool_unpool_diff
+
+        return pool_unpool_diff(block.f_op(x_noisy), h0, block.act, *block.pool, block=self.block)
+
+    def _dh2(self, block, y, eps: NoiseBlock, sigma, switches, h0, out=None):
+        from ..kernels.pool import noisy_unpool_diff
+
+        counter = self._counter(eps)
+        tensor = None if counter is not None else eps.materialize(y.device, y.dtype)
+        return noisy_unpool_diff(y, switches, h0, block.act, block.pool, sigma, eps.n * eps.samples, eps=tensor,
+                                 noise=counter, out=out, channels_last=block.kind == "conv" and h0.dim() == 4,
+                                 block=self.block)
+
+    def dh2(self, block, y, eps, sigma, switches, h0):
+        return self._dh2(block, y, eps, sigma, switches, h0)
+
+    def conv_precompute(self, layer, dx, eps_y, n: int):
+        static = self._current.buffers.get(layer.index) if self._current is not None else None
+        dh1 = self.dh1(layer.block, (dx + layer.x).flatten(0, 1), layer.h0).contiguous(memory_format=layer.fmt)
+        dh2 = self._dh2(layer.block, layer.y, eps_y, layer.hp.noise, layer.switches, layer.h0,
+                        out=None if static is None else static["dh2"])
+        dx = dx.reshape(n, -1, *dx.shape[2:])
+        dh1 = dh1.reshape(n, -1, *dh1.shape[1:])
+        V = layer.Vw
+        A = static["A"] if static is not None else torch.empty_strided((n, *V.shape), (V.numel(), *V.stride()),
+                                                                       dtype=V.dtype, device=V.device)
+        for j in range(n):
+            A[j].copy_(layer._wgrad(dh1[j], dx[j]))
+        return A, dh2.reshape(n, -1, *dh2.shape[1:])
+
+    # ------------------------------------------------------------------ the chain
+    @staticmethod
+    def _wanted(report: str, lay, k: int) -> bool:
+        return report == "all" or (report == "last" and k == lay.hp.iterations - 1)
+
+    def run_interleaved(self, layers, report: str, reduce=None) -> None:
+        if reduce is not None or not layers:
+            return super().run_interleaved(layers, report, reduce)
+        from ..kernels.chain import layer_scalars
+
+        like = layers[0].Vw
+        rows = [(lay.hp.lr, lay.hp.momentum, lay.hp.weight_decay, 2 * lay.scale, lay.scale) for lay in layers]
+        most = max(lay.hp.iterations for lay in layers)
+        linear = [i for i, lay in enumerate(layers) if lay.linear and lay.hp.iterations]
+        conv = [i for i, lay in enumerate(layers) if not lay.linear and lay.hp.iterations]
+        if linear:
+            table = layer_scalars(rows, like)
+            losses = like.new_zeros(len(layers), most)
+            for i in linear:
+                self._run_linear(layers[i], table[i], losses[i], report)
+        self.last_chain = None
+        if conv:
+            self._run_conv(layers, conv, rows, max(layers[i].hp.iterations for i in conv), report)
+
+    def _run_linear(self, lay, scalars, losses, report: str) -> None:
+        """All iterations of a Linear layer, one persistent launch per precomputed chunk."""
+        from ..kernels.chain import linear_chain_
+
+        iters, k = lay.hp.iterations, 0
+        scratch = torch.empty_like(lay.Vw)
+        while k < iters:
+            lay._prepare(k)
+            n = lay.held
+            if report == "all":
+                loss_from = 0
+            elif report == "last" and k + n == iters:
+                loss_from = n - 1
+            else:
+                loss_from = n
+            linear_chain_(lay.Vw, lay.bufw, lay.A.contiguous(), lay.C.contiguous(), scalars, losses[k:k + n],
+                          loss_from, scratch=scratch)
+            k += n
+        lay.losses.extend(losses[k] for k in range(iters) if self._wanted(report, lay, k))
+        lay.next_k = iters
+
+    def _conv_step(self, k: int, layers, conv, table, losses, report: str, prepare: bool) -> None:
+        """Iteration k of every conv layer still running: transposed conv, weight gradient, the
+        loss if wanted, then one momentum step for all of them."""
+        from ..kernels.chain import ldrl_loss_, momentum_step_
+
+        params, bufs, quads, subs, scal = [], [], [], [], []
+        for i in conv:
+            lay = layers[i]
+            if k >= lay.hp.iterations:
+                continue
+            if prepare and k >= lay.start + lay.held:
+                lay._prepare(k)
+            j = k - lay.start
+            dr_y, quad = self.conv_chain(lay, lay.stored[j])
+            if self._wanted(report, lay, k):
+                ldrl_loss_(losses[i, k:k + 1], dr_y, lay.A[j], lay.Vw, table[i])
+            params.append(lay.Vw)
+            bufs.append(lay.bufw)
+            quads.append(quad)
+            subs.append(lay.A[j])
+            scal.append(table[i])
+        momentum_step_(params, bufs, quads, scal, subtract=subs)
+
+    def _graphable(self, layers, conv) -> str | None:
+        """Why the conv chain cannot be graphed (None: it can)."""
+        if not self.cuda_graphs or _env_off("DTP_FAST_CUDA_GRAPHS"):
+            return "CUDA graphs turned off"
+        if layers[conv[0]].Vw.device.type != "cuda":
+            return "not on CUDA"
+        short = [layers[i].name for i in conv if layers[i].chunk < layers[i].hp.iterations]
+        if short:
+            return f"the memory budget splits the iterations of {', '.join(short)} into chunks"
+        return None
+
+    def _graph_key(self, layers, conv, report: str):
+        parts = []
+        for i in conv:
+            lay = layers[i]
+            g = lay.block.g_op
+            parts.append((i, tuple(lay.Vw.shape), lay.Vw.stride(), tuple(lay.x.shape), tuple(lay.y.shape),
+                          tuple(lay.h0.shape), lay.hp, lay.B, g.stride, g.padding, g.output_padding, g.dilation))
+        dev = layers[conv[0]].Vw.device
+        return dev, layers[conv[0]].Vw.dtype, report, torch.backends.cudnn.allow_tf32, tuple(parts)
+
+    def _run_conv(self, layers, conv, rows, most: int, report: str) -> None:
+        from ..kernels.chain import layer_scalars
+
+        why = self._graphable(layers, conv)
+        if why is not None:
+            table = layer_scalars(rows, layers[conv[0]].Vw)
+            losses = layers[conv[0]].Vw.new_zeros(len(layers), most)
+            for k in range(most):
+                self._conv_step(k, layers, conv, table, losses, report, prepare=True)
+            self.last_chain = f"eager ({why})"
+        else:
+            losses = self._run_conv_graphed(layers, conv, rows, most, report)
+        for i in conv:
+            lay = layers[i]
+            lay.losses.extend(losses[i, k] for k in range(lay.hp.iterations) if self._wanted(report, lay, k))
+            lay.next_k = lay.hp.iterations
+
+    def _run_conv_graphed(self, layers, conv, rows, most: int, report: str) -> torch.Tensor:
+        from ..kernels.chain import layer_scalars
+
+        key = self._graph_key(layers, conv, report)
+        entry = self._graphs.pop(key, None)
+        if entry is None:
+            entry = _ChainGraph()
+            like = layers[conv[0]].Vw
+            entry.table = layer_scalars(rows, like)
+            entry.losses = like.new_zeros(len(layers), most)
+            for i in conv:
+                lay = layers[i]
+                n, V = lay.hp.iterations, lay.Vw
+                shape = (n * lay.hp.samples * lay.B, *lay.h0.shape[1:])
+                entry.buffers[lay.index] = {
+                    "V": torch.empty_like(V), "buf": torch.empty_like(lay.bufw),
+                    "A": torch.empty_strided((n, *V.shape), (V.numel(), *V.stride()), dtype=V.dtype, device=V.device),
+                    "dh2": torch.empty(shape, dtype=V.dtype, device=V.device, memory_format=lay.fmt),
+                }
+        while len(self._graphs) >= self.max_graphs:
+            self._graphs.popitem(last=False)
+        self._graphs[key] = entry
+        # the static working copies of V and its momentum buffer, then the precomputation into static buffers
+        for i in conv:
+            lay = layers[i]
+            st = entry.buffers[lay.index]
+            lay.Vw = st["V"].copy_(lay.Vw)
+            lay.bufw = st["buf"].copy_(lay.bufw)
+        self._current = entry
+        try:
+            for i in conv:
+                layers[i]._prepare(0)
+        finally:
+            self._current = None
+
+        def chain():
+            entry.losses.zero_()
+            for k in range(most):
+                self._conv_step(k, layers, conv, entry.table, entry.losses, report, prepare=False)
+
+        if entry.graph is None and entry.runs >= 1 and entry.failed is None:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                torch.cuda.synchronize()
+                with torch.cuda.graph(graph):
+                    chain()
+                entry.graph = graph
+                self.last_chain = "graph-capture"
+            except Exception as err:  # noqa: BLE001 - fall back to the eager chain, once per shape
+                entry.failed = f"{type(err).__name__}: {err}"
+                warnings.warn(f"dtp_fast triton backend: CUDA graph capture failed ({entry.failed}); running the "
+                              f"feedback chain eagerly for this shape", RuntimeWarning, stacklevel=2)
+        if entry.graph is not None:
+            entry.graph.replay()
+            if self.last_chain is None:
+                self.last_chain = "graph-replay"
+        else:
+            chain()
+            entry.runs += 1
+            self.last_chain = "eager (first batch of this shape: warm-up)" if entry.failed is None else \
+                f"eager (capture failed: {entry.failed})"
+        return entry.losses
+
+    def clear_graphs(self) -> None:
+        """Drop the captured graphs and their static buffers."""
+        self._graphs.clear()
+
+
+register_backend(TritonBackend(), priority=30)
