@@ -11,7 +11,7 @@ TRITON ?= triton==3.8.0
 BIN := $(VENV)/bin
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean cpp-test cuda-check
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ demo: install
 
 test: install
 	DTP_FAST_REQUIRE_EXT=1 $(BIN)/python -m pytest -q
+
+# C++ tests of the CPU kernels: CMake + ctest against the torch of $(VENV)
+cpp-test: install
+	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch;print(torch.utils.cmake_prefix_path)')"
+	cmake --build build/cmake -j 2
+	cd build/cmake && ctest --output-on-failure
+
+# Compile-and-import check of the CUDA build (no GPU needed): its own venv with
+# torch==2.14.1 (CUDA 13), nvcc from CUDA_HOME (default /usr/local/cuda)
+cuda-check:
+	bash .ci/cuda_check.sh
 
 clean:
 	rm -rf build dtp_fast/_C*.so *.egg-info

@@ -7,8 +7,12 @@ Build against the torch that is already installed:
 
 What gets built:
 - always (unless DTP_FAST_NO_EXT=1): the CPU kernels csrc/*.cpp + csrc/cpu/*.cpp;
-- in addition csrc/cuda/*.cu, with WITH_CUDA defined, when torch is a CUDA
-  build and CUDA_HOME (nvcc) is found, or when DTP_FAST_FORCE_CUDA=1.
+- in addition the CUDA kernels csrc/cuda/*.cu and their torch binding
+  csrc/cuda/*.cpp, with WITH_CUDA defined, when torch is a CUDA build and
+  CUDA_HOME (nvcc) is found, or when DTP_FAST_FORCE_CUDA=1. The .cu files
+  include no torch headers (seconds each to compile) and are compiled with
+  -fmad=false, so that the in-kernel noise of csrc/philox.h rounds every
+  multiply and add as the CPU kernel and the PyTorch mirror do.
 
 Environment switches:
     DTP_FAST_NO_EXT=1      build no extension (pure-Python install)
@@ -36,6 +40,20 @@ def _env_flag(name):
 def _sources(pattern):
     # setuptools wants paths relative to the directory of setup.py.
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+# No FMA contraction (the noise must round as its CPU and PyTorch versions do);
+# IEEE division and square root, denormals kept (nvcc's defaults, made explicit).
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-fmad=false", "-prec-div=true", "-prec-sqrt=true",
+              "-ftz=false"]
+
+
+def cuda_sources_of(sources):
+    """The CUDA build's extra sources: the kernels (.cu, no torch headers) and
+    their binding (.cpp); ``sources(pattern)`` lists the files of a pattern.
+    Empty when there are no kernels (then nothing CUDA is built)."""
+    kernels = sources("csrc/cuda/*.cu")
+    return kernels + sources("csrc/cuda/*.cpp") if kernels else []
 
 
 def _want_cuda(torch, cuda_home):
@@ -85,7 +103,7 @@ def _extensions():
     os.environ.setdefault("MAX_JOBS", str(max(1, min(4, os.cpu_count() or 1))))
 
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
-    cuda_sources = _sources("csrc/cuda/*.cu")
+    cuda_sources = cuda_sources_of(_sources)
     want_cuda, why = _want_cuda(torch, CUDA_HOME)
     use_cuda = want_cuda and bool(cuda_sources)
     if want_cuda and not cuda_sources:
@@ -103,7 +121,7 @@ def _extensions():
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         define_macros.append(("WITH_CUDA", None))
-        extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra_compile_args["nvcc"] = NVCC_FLAGS
         ext_cls = CUDAExtension
         sources = sources + cuda_sources
         what = "CPU + CUDA kernels (arch %s; %s)" % (os.environ["TORCH_CUDA_ARCH_LIST"], why)

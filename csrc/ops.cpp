@@ -29,6 +29,8 @@ const char* const kOpNames[] = {
     "dtp_fast::pool_unpool_diff",
     "dtp_fast::noisy_unpool_diff",
     "dtp_fast::philox_normal_",
+    "dtp_fast::noisy_unpool_diff_philox",
+    "dtp_fast::momentum_sgd_",
     "dtp_fast::build_info",
 };
 
@@ -125,6 +127,22 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "philox_normal_(Tensor(a!) out, int key0, int key1, int offset, "
       "int iteration, int sample) -> ()");
+  // noisy_unpool_diff with the noise drawn from philox_normal_'s stream instead
+  // of read from eps: for `copies` = M blocks of B rows, eps[m * B + b] is the
+  // noise of row b (sample index offset + b) at iteration `iteration` +
+  // m / samples, noise sample m % samples (a NoiseBlock of dtp_fast/noise.py),
+  // as float32 cast to the dtype of y. Returns (M*B, C, H, W) in the memory
+  // format of y.
+  m.def(
+      "noisy_unpool_diff_philox(Tensor y, float sigma, Tensor indices, "
+      "Tensor h0, int act, int[2] output_size, int key0, int key1, int offset, "
+      "int iteration, int samples, int copies) -> Tensor");
+  // Momentum SGD (torch.optim.SGD, dampening 0, no Nesterov) of many tensors
+  // at once, each with its own lr, momentum and weight decay:
+  // g' = g + weight_decay * p; buf = momentum * buf + g'; p = p - lr * buf.
+  m.def(
+      "momentum_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] bufs, "
+      "float[] lr, float[] momentum, float[] weight_decay) -> ()");
   m.def("build_info() -> str", &build_info);
 }
 

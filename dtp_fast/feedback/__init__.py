@@ -23,6 +23,7 @@ from .reference import ReferenceBackend, ldrl_loss  # registers the backend
 from .analytic import DEFAULT_MEMORY_BUDGET, AnalyticBackend  # registers the backend
 from .fused import FusedCPUBackend  # registers the backend
 from .triton import TritonBackend  # registers the backend (imports triton only when used)
+from .cuda import CudaBackend  # registers the backend
 
 __all__ = [
     "AnalyticBackend",
@@ -30,6 +31,7 @@ __all__ = [
     "FusedCPUBackend",
     "TritonBackend",
     "BackendUnavailableError",
+    "CudaBackend",
     "FeedbackConfig",
     "FeedbackState",
     "LayerHParams",

@@ -1,0 +1,179 @@
+"""The ``cuda`` backend: the ``torch`` engine with its elementwise work fused into
+the CUDA kernels of ``dtp_fast._C`` (csrc/cuda/), for CUDA devices.
+
+Per pooled conv block, the precomputation of a chunk of feedback iterations
+becomes two kernels: dh1 (max-pool of the noisy pre-activations with
+switches, unpool, activation, difference to the clean pass;
+``pool_unpool_diff``) and dh2 (``noisy_unpool_diff_philox``: the output noise
+drawn in the kernel from the counter-based stream, so it is never stored).
+The input noise dx and the noise of unpooled blocks are drawn by the CUDA
+``philox_normal_`` kernel. Both give the values of :class:`~dtp_fast.noise.CounterNoise`
+on any device (the same Philox stream), so this backend and ``reference``
+see the same noise. Convolutions (cuDNN) and the sequential chain are the
+``torch`` engine's.
+
+``fused_momentum_sgd_`` updates many layers' weights in one launch (the
+``momentum_sgd_`` op); ``step_layers`` applies it to the layers stepping in
+one feedback iteration.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _ext, ops
+from ..noise import CounterNoise, NoiseBlock, philox_normal
+from .analytic import AnalyticBackend
+from .engine import register_backend
+
+__all__ = ["CudaBackend", "fused_momentum_sgd_", "noisy_unpool_diff_philox", "noisy_unpool_diff_philox_ref",
+           "CUDA_OPS", "cuda_kernels_problem"]
+
+#: The ops with a CUDA kernel in a CUDA build of dtp_fast._C.
+CUDA_OPS = ("philox_normal_", "pool_unpool_diff", "noisy_unpool_diff", "noisy_unpool_diff_philox", "momentum_sgd_")
+
+_DTYPES = (torch.float32, torch.float64)  # of the kernels; other dtypes take the torch engine's path
+_HOW = ("rebuild dtp_fast with the CUDA toolkit (nvcc): `CUDA_HOME=/usr/local/cuda pip install "
+        "--no-build-isolation -e .` (with DTP_FAST_FORCE_CUDA=1 the build fails with the reason instead of "
+        "skipping the CUDA kernels)")
+
+
+def cuda_kernels_problem() -> str | None:
+    """Why the loaded dtp_fast._C has no usable CUDA kernels (with the fix), or None."""
+    if not _ext.available():
+        return _ext.load_error()
+    info = _ext.build_info() or {}
+    if not info.get("with_cuda"):
+        return "dtp_fast._C was built without CUDA kernels (CPU kernels only): with a CUDA build of torch, " + _HOW
+    missing = [op for op in CUDA_OPS
+               if not torch._C._dispatch_has_kernel_for_dispatch_key("dtp_fast::" + op, "CUDA")]
+    if missing:
+        return "dtp_fast._C has no CUDA kernel for %s (a stale build); %s" % (", ".join(missing), _HOW)
+    return None
+
+
+def _key_words(block: NoiseBlock) -> tuple[int, int]:
+    return block.source.key(block.step, block.layer, block.which)
+
+
+def _fill_counter_noise(block: NoiseBlock, device, dtype) -> torch.Tensor:
+    """:meth:`NoiseBlock.materialize` of a CounterNoise block with the compiled philox_normal_ kernel."""
+    rows = block.shape[0]
+    out = torch.empty(block.n * block.samples, *block.shape, device=device, dtype=dtype)
+    k0, k1 = _key_words(block)
+    for m in range(block.n * block.samples):
+        if rows:
+            torch.ops.dtp_fast.philox_normal_(out[m], k0, k1, block.offset, block.k0 + m // block.samples,
+                                              m % block.samples)
+    return out.flatten(0, 1)
+
+
+class _Materialized:
+    """A noise block already drawn (what AnalyticBackend's hooks call ``materialize`` on)."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def materialize(self, device, dtype):
+        return self.tensor.to(device=device, dtype=dtype)
+
+
+def noisy_unpool_diff_philox(y, sigma: float, indices, h0, act: str, output_size, key: tuple[int, int], offset: int,
+                             iteration: int, samples: int, copies: int) -> torch.Tensor:
+    """``noisy_unpool_diff`` with the noise of a :class:`NoiseBlock` drawn in the kernel: for
+    ``copies`` = M blocks of the B rows of y, block m has iteration ``iteration + m // samples`` and
+    noise sample ``m % samples`` of the counter-based stream under ``key`` (row b: sample index
+    ``offset + b``). Compiled op (CPU or CUDA); returns (M*B, C, H, W) in the memory format of y."""
+    if not _ext.available():
+        raise RuntimeError("noisy_unpool_diff_philox needs the compiled ops: %s" % _ext.load_error())
+    return torch.ops.dtp_fast.noisy_unpool_diff_philox(
+        y, float(sigma), indices, h0, ops._act_code(act), list(ops._output_size(output_size)), int(key[0]),
+        int(key[1]), int(offset), int(iteration), int(samples), int(copies))
+
+
+def noisy_unpool_diff_philox_ref(y, sigma: float, indices, h0, act: str, output_size, key, offset, iteration,
+                                 samples, copies) -> torch.Tensor:
+    """Reference of :func:`noisy_unpool_diff_philox` in plain PyTorch (any device): the noise block
+    from the PyTorch mirror of the generator, then :func:`dtp_fast.ops.noisy_unpool_diff_ref`."""
+    B = y.shape[0]
+    eps = torch.stack([philox_normal(y.shape, key, offset, iteration + m // samples, m % samples, y.device)
+                       for m in range(copies)]) if copies else y.new_empty((0, *y.shape), dtype=torch.float32)
+    eps = eps.reshape(copies * B, *y.shape[1:]).to(y.dtype)
+    out = ops.noisy_unpool_diff_ref(y, eps, sigma, indices, h0, act, output_size)
+    return out.contiguous(memory_format=ops._memory_format(y))
+
+
+@torch.no_grad()
+def fused_momentum_sgd_(params, grads, bufs, lr, momentum, weight_decay) -> None:
+    """Momentum SGD of many tensors in one ``momentum_sgd_`` call (one CUDA launch per 24
+    tensors): per tensor i, ``g = grads[i] + weight_decay[i] * params[i]``,
+    ``bufs[i] = momentum[i] * bufs[i] + g``, ``params[i] -= lr[i] * bufs[i]``, as
+    :func:`dtp_fast.feedback.momentum_sgd_`. The hyperparameters are sequences (one value per
+    tensor) or single floats. Params and bufs must be dense with the same strides."""
+    n = len(params)
+    per = lambda v: [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)] * n  # noqa: E731
+    torch.ops.dtp_fast.momentum_sgd_(list(params), list(grads), list(bufs), per(lr), per(momentum),
+                                     per(weight_decay))
+
+
+class CudaBackend(AnalyticBackend):
+    name = "cuda"
+
+    def availability(self, device):
+        device = torch.device(device)
+        if device.type != "cuda":
+            where = ("" if torch.cuda.is_available() else
+                     "; this machine has no CUDA device torch can use (torch.cuda.is_available() is False)")
+            return False, f"fused CUDA kernels for tensors on a CUDA device, not {device.type}{where}; " \
+                          f"use 'cpp' or 'torch' there"
+        if torch.version.cuda is None:
+            return False, f"torch {torch.__version__} is a CPU-only build: install a CUDA build of torch, then {_HOW}"
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA device (torch.cuda.is_available() is False: no GPU or no driver)"
+        problem = cuda_kernels_problem()
+        if problem is not None:
+            return False, problem
+        return True, "autograd-free analytic gradient with fused CUDA kernels from dtp_fast._C"
+
+    # ------------------------------------------------------------------ noise
+    @staticmethod
+    def _noise(block: NoiseBlock, device, dtype) -> torch.Tensor:
+        if isinstance(block.source, CounterNoise) and device.type == "cuda" and dtype in _DTYPES:
+            return _fill_counter_noise(block, device, dtype)
+        return block.materialize(device, dtype)
+
+    def noisy_input(self, noise, sigma, x, fmt):
+        eps = self._noise(noise, x.device, x.dtype)
+        return torch.mul(eps, sigma, out=torch.empty(eps.shape, dtype=eps.dtype, device=eps.device,
+                                                     memory_format=fmt))
+
+    # ------------------------------------------------------------------ fused dh1 / dh2
+    def dh1(self, block, x_noisy, h0):
+        if block.pool is None or h0.dtype not in _DTYPES:
+            return super().dh1(block, x_noisy, h0)
+        z1 = block.f_op(x_noisy)
+        return ops.pool_unpool_diff(z1, h0, block.act, *block.pool, impl="compiled")
+
+    def dh2(self, block, y, eps, sigma, switches, h0):
+        if block.pool is None or y.dtype not in _DTYPES:
+            return super().dh2(block, y, _Materialized(self._noise(eps, y.device, y.dtype)), sigma, switches, h0)
+        size = block.pre_pool_shape[1:]
+        if isinstance(eps.source, CounterNoise):
+            # the output takes y's memory format: channels_last, as the engine keeps dh2
+            y_cl = y.contiguous(memory_format=torch.channels_last)
+            return noisy_unpool_diff_philox(y_cl, sigma, switches, h0, block.act, size, _key_words(eps),
+                                            eps.offset, eps.k0, eps.samples, eps.n * eps.samples)
+        e = eps.materialize(y.device, y.dtype).contiguous(memory_format=torch.channels_last)
+        return ops.noisy_unpool_diff(y, e, sigma, switches, h0, block.act, size, impl="compiled")
+
+    # ------------------------------------------------------------------ update
+    def step_layers(self, layers, grads, k: int) -> None:
+        """The momentum-SGD steps of iteration k of several layers (the engine's ``_Layer``
+        objects, with their gradients) in one fused launch; the same update as ``_Layer.apply``."""
+        fused_momentum_sgd_([lay.Vw for lay in layers], grads, [lay.bufw for lay in layers],
+                            [lay.hp.lr for lay in layers], [lay.hp.momentum for lay in layers],
+                            [lay.hp.weight_decay for lay in layers])
+        for lay in layers:
+            lay.next_k = k + 1
+
+
+register_backend(CudaBackend(), priority=15)

@@ -1,0 +1,575 @@
+"""The CUDA kernels (csrc/cuda/) and the ``cuda`` feedback backend.
+
+Without a GPU (and a CUDA build of dtp_fast._C) the GPU tests skip; what runs
+everywhere: the ``cuda`` backend says why it cannot run and how to get it,
+the CPU kernels of the ops added for the CUDA backend (the oracles of the
+CUDA kernels) equal their PyTorch references, and setup.py's choice of CUDA
+sources and flags.
+
+On a GPU every CUDA op is compared with its CPU kernel and its PyTorch
+reference (run on the GPU): bit for bit where the operations are the same
+IEEE operations (noise, identity / ReLU, the momentum update), within
+float tolerances where ELU / tanh come from CUDA's libdevice (expm1f / tanhf
+of the toolkit that compiled the kernel versus ATen's CUDA kernels or the
+CPU's Sleef) -- and the ``cuda`` backend with ``reference``.
+"""
+import copy
+import os
+import runpy
+
+import pytest
+import torch
+from torch import nn
+
+import dtp_fast
+from dtp_fast import _ext, ops
+from dtp_fast.feedback import (BackendUnavailableError, FeedbackConfig, FeedbackState, available_backends,
+                               momentum_sgd_, resolve_backend, train_feedback)
+from dtp_fast.feedback import cuda as cuda_backend
+from dtp_fast.feedback.cuda import CUDA_OPS, cuda_kernels_problem, noisy_unpool_diff_philox, noisy_unpool_diff_philox_ref
+from dtp_fast.noise import CounterNoise, ExplicitNoise, philox_normal
+from conftest import require_ext
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = "pip install --no-build-isolation -e ."
+ACTS = list(ops.ACTIVATIONS)
+DTYPES = [torch.float32, torch.float64]
+POOLS = [(2, 2, 0), (3, 2, 1), (3, 1, 1)]
+_pool_id = lambda p: "k%ds%dp%d" % p  # noqa: E731
+
+
+def _gpu_problem():
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return cuda_kernels_problem()
+
+
+gpu = pytest.mark.skipif(_gpu_problem() is not None, reason="CUDA kernels not usable here: %s" % _gpu_problem())
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _layout(x, layout):
+    """x (any device) as NCHW, channels_last, a strided NCHW-like view or a channels_last-like view."""
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    N, C, H, W = x.shape
+    if layout == "slice":
+        big = torch.zeros(N, C + 1, 2 * H, W + 3, dtype=x.dtype, device=x.device)
+        view = big[:, 1:, ::2, 2:W + 2]
+    elif layout == "cl_slice":
+        big = torch.zeros(N, 2 * C, H + 1, W, dtype=x.dtype, device=x.device).contiguous(
+            memory_format=torch.channels_last)
+        view = big[:, ::2, 1:, :]
+    else:
+        return x.contiguous()
+    view.copy_(x)
+    return view
+
+
+def _format_of(x):
+    return ops._memory_format(x)
+
+
+def _switches(shape, pool, act, dtype, seed):
+    """Clean pooled values y, switches and h0 = unpool_act2d(y, switches) on the CPU."""
+    z = 2 * torch.randn(shape, generator=_gen(seed), dtype=torch.float64)
+    y, i = ops.act_pool2d_ref(z.to(dtype), act, *pool)
+    return y, i, ops.unpool_act2d_ref(y, i, act, shape[2:])
+
+
+def _exact(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def _close(a, b, act):
+    """Bit for bit for identity / ReLU; float tolerance where ELU / tanh come from another math library."""
+    if act in ("identity", "relu"):
+        _exact(a, b)
+    else:
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+# =========================================================================== without a GPU
+def test_cuda_backend_refuses_cpu_tensors_and_says_what_to_use():
+    ok, reason = available_backends("cpu")["cuda"]
+    assert not ok and "CUDA device" in reason and "'cpp' or 'torch'" in reason
+    with pytest.raises(BackendUnavailableError, match="feedback backend 'cuda' cannot run on cpu"):
+        resolve_backend("cuda", "cpu")
+    assert resolve_backend("auto", "cpu") != "cuda"
+    torch.manual_seed(0)
+    net = dtp_fast.mlp((5,), 3, hidden=[4])
+    acts, sw = net.activations(torch.randn(2, 5))
+    with pytest.raises(BackendUnavailableError, match="CUDA device"):
+        train_feedback(net, acts, sw, FeedbackConfig(iterations=1), FeedbackState(), CounterNoise(0), 0,
+                       backend="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_backend_without_gpu_says_why():
+    ok, reason = cuda_backend.CudaBackend().availability(torch.device("cuda"))
+    assert not ok
+    if torch.version.cuda is None:
+        assert "CPU-only build" in reason and "install a CUDA build of torch" in reason and FIX in reason
+    else:
+        assert "no CUDA device" in reason
+
+
+def test_build_without_cuda_kernels_says_how_to_get_them(monkeypatch):
+    require_ext()
+    info = dict(_ext.build_info(), with_cuda=False, cuda_version=None)
+    monkeypatch.setattr(_ext, "build_info", lambda: info)
+    msg = cuda_kernels_problem()
+    assert "built without CUDA kernels" in msg and "CUDA_HOME" in msg and FIX in msg
+    assert "DTP_FAST_FORCE_CUDA=1" in msg
+    # a CUDA build that lacks a kernel (stale) names it
+    monkeypatch.setattr(_ext, "build_info", lambda: dict(info, with_cuda=True, cuda_version="13.0"))
+    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
+                        lambda name, key: name != "dtp_fast::momentum_sgd_")
+    msg = cuda_kernels_problem()
+    assert "no CUDA kernel for momentum_sgd_" in msg and FIX in msg
+    # and the backend passes it on when a GPU is there
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    ok, reason = cuda_backend.CudaBackend().availability(torch.device("cuda"))
+    assert not ok and reason == msg
+
+
+def test_without_extension_the_reason_is_the_load_error(monkeypatch):
+    monkeypatch.setenv("DTP_FAST_DISABLE_EXT", "1")
+    assert "DTP_FAST_DISABLE_EXT" in cuda_kernels_problem()
+
+
+def test_ops_are_listed_in_build_info():
+    require_ext()
+    names = _ext.build_info()["ops"]
+    for op in CUDA_OPS:
+        assert "dtp_fast::" + op in names
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("dtp_fast::" + op, "CPU")
+    assert _ext.build_info()["with_cuda"] == torch._C._dispatch_has_kernel_for_dispatch_key(
+        "dtp_fast::philox_normal_", "CUDA")
+
+
+# ----------------------------------------------------------------- setup.py and the sources
+def _setup_namespace(monkeypatch):
+    import setuptools
+
+    monkeypatch.setenv("DTP_FAST_NO_EXT", "1")
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: None)
+    return runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="dtp_fast_setup")
+
+
+def test_setup_compiles_cuda_sources_only_in_the_cuda_build(monkeypatch):
+    ns = _setup_namespace(monkeypatch)
+    cuda = ns["cuda_sources_of"](ns["_sources"])
+    assert sorted(os.path.basename(p) for p in cuda) == ["bind_cuda.cpp", "ldrl.cu", "noise.cu", "sgd.cu"]
+    assert all(p.startswith(os.path.join("csrc", "cuda")) for p in cuda)
+    cpu = ns["_sources"]("csrc/*.cpp") + ns["_sources"]("csrc/cpu/*.cpp")
+    assert not any("cuda" in p for p in cpu) and os.path.join("csrc", "cpu", "fused_cpu.cpp") in cpu
+    assert ns["cuda_sources_of"](lambda pattern: []) == []
+    assert ns["cuda_sources_of"](lambda pattern: [] if pattern.endswith(".cu") else ["x.cpp"]) == []
+    assert "-fmad=false" in ns["NVCC_FLAGS"]
+
+
+def test_cuda_kernel_files_include_no_torch_headers():
+    """Only the binding includes torch: a .cu with torch/extension.h costs ~80 s and 3 GB to compile."""
+    folder = os.path.join(ROOT, "csrc", "cuda")
+    for name in os.listdir(folder):
+        if name.endswith((".cu", ".cuh", ".h")):
+            text = open(os.path.join(folder, name)).read()
+            for banned in ("<torch/", "<ATen/", "<c10/"):
+                assert banned not in text, (name, banned)
+
+
+# ----------------------------------------------------------------- CPU kernels of the new ops
+def _eps_block(shape, key, offset, iteration, samples, copies, dtype):
+    B = shape[0]
+    blocks = [philox_normal(shape, key, offset, iteration + m // samples, m % samples) for m in range(copies)]
+    return torch.stack(blocks).reshape(copies * B, *shape[1:]).to(dtype)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice"])
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 2, 1)], ids=_pool_id)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_noisy_unpool_diff_philox_cpu_equals_reference(dtype, act, pool, layout):
+    require_ext()
+    B, C, H, W = 2, 3, 9, 7
+    y, i, h0 = _switches((B, C, H, W), pool, act, dtype, seed=1)
+    y, i, h0 = (_layout(t, layout) for t in (y, i, h0))
+    key, offset, iteration = (0x12345678, 0x9ABCDEF0), 5, 7
+    for samples, copies in [(1, 1), (3, 6)]:
+        args = (y, 0.3, i, h0, act, (H, W), key, offset, iteration, samples, copies)
+        out = noisy_unpool_diff_philox(*args)
+        assert out.shape == (copies * B, C, H, W) and out.dtype == dtype
+        assert out.is_contiguous(memory_format=_format_of(y))
+        # bit for bit: the compiled noisy_unpool_diff given the PyTorch mirror's noise
+        eps = _eps_block(y.shape, key, offset, iteration, samples, copies, dtype)
+        eps = eps.contiguous(memory_format=_format_of(y))
+        _exact(out, ops.noisy_unpool_diff(y, eps, 0.3, i, h0, act, (H, W), impl="compiled"))
+        # the pure-PyTorch reference: bit for bit but for ATen's CPU ELU remainder ulps (test_ldrl_ops.py)
+        ref = noisy_unpool_diff_philox_ref(*args)
+        assert ref.stride() == out.stride()
+        if act == "elu":
+            torch.testing.assert_close(out, ref, equal_nan=True)
+        else:
+            _exact(out, ref)
+
+
+def test_noisy_unpool_diff_philox_rows_are_global_samples():
+    """Row b of a call with offset o has the noise of row o + b of the whole batch."""
+    require_ext()
+    B, C, H, W = 4, 2, 6, 6
+    y, i, h0 = _switches((B, C, H, W), (2, 2, 0), "identity", torch.float32, seed=2)
+    full = noisy_unpool_diff_philox(y, 1.0, i, h0, "identity", (H, W), (1, 2), 0, 3, 2, 4)
+    part = noisy_unpool_diff_philox(y[2:], 1.0, i[2:], h0[2:], "identity", (H, W), (1, 2), 2, 3, 2, 4)
+    _exact(part, full.view(4, B, C, H, W)[:, 2:].reshape(8, C, H, W))
+
+
+def test_noisy_unpool_diff_philox_errors():
+    require_ext()
+    y, i, h0 = _switches((2, 3, 6, 6), (2, 2, 0), "elu", torch.float32, seed=3)
+    op = torch.ops.dtp_fast.noisy_unpool_diff_philox
+    with pytest.raises(RuntimeError, match="samples must be in"):
+        op(y, 0.1, i, h0, 1, [6, 6], 0, 0, 0, 0, 0, 2)
+    with pytest.raises(RuntimeError, match="iterations .* must be in"):
+        op(y, 0.1, i, h0, 1, [6, 6], 0, 0, 0, 2**32 - 1, 1, 2)
+    with pytest.raises(RuntimeError, match="key words"):
+        op(y, 0.1, i, h0, 1, [6, 6], -1, 0, 0, 0, 1, 2)
+    with pytest.raises(RuntimeError, match="offset"):
+        op(y, 0.1, i, h0, 1, [6, 6], 0, 0, 2**32 - 1, 0, 1, 2)
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        op(y.half(), 0.1, i, h0, 1, [6, 6], 0, 0, 0, 0, 1, 2)
+    with pytest.raises(RuntimeError, match="h0 must be"):
+        op(y, 0.1, i, h0[:1], 1, [6, 6], 0, 0, 0, 0, 1, 2)
+    assert op(y, 0.1, i, h0, 1, [6, 6], 0, 0, 0, 0, 1, 0).shape == (0, 3, 6, 6)
+
+
+def _sgd_case(device, dtype, count=30):
+    """count tensors of varied shapes and layouts, with per-tensor hyperparameters."""
+    g = _gen(4)
+    params, grads, bufs, lr, mom, wd = [], [], [], [], [], []
+    for k in range(count):
+        shape = [(5, 3, 3, 3), (7,), (0, 4), (33, 65), (2, 3, 4, 5)][k % 5]
+        p = torch.randn(shape, generator=g, dtype=dtype)
+        gr = torch.randn(shape, generator=g, dtype=dtype)
+        b = torch.randn(shape, generator=g, dtype=dtype)
+        if len(shape) == 4 and k % 2:
+            p, b = (t.contiguous(memory_format=torch.channels_last) for t in (p, b))  # grad stays NCHW
+        if k % 7 == 3:
+            gr = torch.randn(*shape[:-1], 2 * shape[-1], generator=g, dtype=dtype)[..., ::2]  # strided grad
+        params.append(p.to(device))
+        grads.append(gr.to(device))
+        bufs.append(b.to(device))
+        lr.append(0.01 * (k + 1))
+        mom.append(0.9 if k % 3 else 0.0)
+        wd.append(0.0 if k % 2 else 1e-3 * k)
+    return params, grads, bufs, lr, mom, wd
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_momentum_sgd_cpu_equals_torch_sgd(dtype):
+    require_ext()
+    params, grads, bufs, lr, mom, wd = _sgd_case("cpu", dtype)
+    p2, g2, b2 = ([t.clone() for t in ts] for ts in (params, grads, bufs))
+    grads_before = [g.clone() for g in grads]
+    cuda_backend.fused_momentum_sgd_(params, grads, bufs, lr, mom, wd)
+    for k in range(len(p2)):
+        momentum_sgd_([p2[k]], [g2[k]], [b2[k]], lr[k], mom[k], wd[k])
+    for a, b in zip(params + bufs, p2 + b2):
+        torch.testing.assert_close(a, b, rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
+    for a, b in zip(grads, grads_before):
+        _exact(a, b)  # grads are inputs only
+    with pytest.raises(RuntimeError, match="one value per tensor"):
+        torch.ops.dtp_fast.momentum_sgd_(params[:2], grads[:2], bufs[:2], [0.1], [0.9, 0.9], [0.0, 0.0])
+    with pytest.raises(RuntimeError, match="buf must have its strides"):
+        p = torch.zeros(2, 3, 4, 5, dtype=dtype)
+        cuda_backend.fused_momentum_sgd_([p], [p.clone()], [p.contiguous(memory_format=torch.channels_last)],
+                                         0.1, 0.9, 0.0)
+
+
+# =========================================================================== on a GPU
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (3, 5), (2, 3, 7, 5), (5, 1024), (2, 4099)])
+def test_philox_normal_cuda_equals_cpu(dtype, shape):
+    key = (0xDEADBEEF, 0x01234567)
+    cpu = torch.empty(shape, dtype=dtype)
+    torch.ops.dtp_fast.philox_normal_(cpu, *key, 11, 3, 2)
+    dev = torch.empty(shape, dtype=dtype, device="cuda")
+    torch.ops.dtp_fast.philox_normal_(dev, *key, 11, 3, 2)
+    dev = dev.cpu()
+    # at most 1 ulp (float32) apart, and in practice the same bits
+    f32 = torch.float32
+    torch.testing.assert_close(dev.to(f32), cpu.to(f32), rtol=torch.finfo(f32).eps, atol=0)
+    assert (dev == cpu).float().mean() > 0.999
+    # and the PyTorch mirror on the GPU
+    mirror = philox_normal(shape, key, 11, 3, 2, device="cuda").cpu().to(dtype)
+    torch.testing.assert_close(dev.to(f32), mirror.to(f32), rtol=torch.finfo(f32).eps, atol=0)
+
+
+@gpu
+def test_philox_normal_cuda_slices_and_errors():
+    out = torch.empty(6, 10, device="cuda")
+    for m in range(6):  # 40-byte rows: scalar stores for unaligned slices
+        torch.ops.dtp_fast.philox_normal_(out[m:m + 1, 1:].contiguous(), 1, 2, m, 0, 0)
+        torch.ops.dtp_fast.philox_normal_(out[m], 1, 2, 0, m, 0)
+    expect = torch.stack([philox_normal((10,), (1, 2), 0, m, 0) for m in range(6)])
+    torch.testing.assert_close(out.cpu(), expect, rtol=torch.finfo(torch.float32).eps, atol=0)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        torch.ops.dtp_fast.philox_normal_(out.t(), 1, 2, 0, 0, 0)
+    with pytest.raises(RuntimeError, match="2\\^32"):
+        torch.ops.dtp_fast.philox_normal_(out, 1, 2, 2**32, 0, 0)
+
+
+def _pool_case(shape, M, pool, act, dtype, layout, seed):
+    B, C, H, W = shape
+    z1 = _layout(2 * torch.randn(M * B, C, H, W, generator=_gen(seed), dtype=torch.float64).to(dtype), layout)
+    h0 = _layout(torch.randn(B, C, H, W, generator=_gen(seed + 1), dtype=torch.float64).to(dtype), "nchw")
+    return z1, h0
+
+
+@gpu
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice", "cl_slice"])
+@pytest.mark.parametrize("shape,M", [((1, 3, 7, 5), 1), ((2, 5, 11, 13), 3), ((3, 16, 8, 8), 2)])
+@pytest.mark.parametrize("pool", POOLS + [(2, 1, 1)], ids=_pool_id)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pool_unpool_diff_cuda(dtype, act, pool, shape, M, layout):
+    z1, h0 = _pool_case(shape, M, pool, act, dtype, layout, seed=5)
+    cpu = ops.pool_unpool_diff(z1, h0, act, *pool, impl="compiled")
+    z1d, h0d = _layout(z1.cuda(), layout), _layout(h0.cuda(), "channels_last" if layout == "nchw" else "nchw")
+    out = ops.pool_unpool_diff(z1d, h0d, act, *pool, impl="compiled")
+    assert out.device.type == "cuda" and out.is_contiguous(memory_format=_format_of(z1d))
+    _close(out.cpu(), cpu, act)
+    _close(out, ops.pool_unpool_diff_ref(z1d, h0d, act, *pool), act)  # ATen's CUDA activations
+    _exact(out, ops.pool_unpool_diff(z1d, h0d, act, *pool, impl="compiled"))  # deterministic
+
+
+@gpu
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 2, 1)], ids=_pool_id)
+def test_pool_unpool_diff_cuda_ties_nan_inf(pool):
+    z1 = torch.tensor([[[[float("nan"), 1.0, 1.0, -float("inf"), 2.0, 2.0],
+                         [1.0, float("nan"), -float("inf"), -float("inf"), 2.0, 2.0],
+                         [-40.0, -50.0, -60.0, 0.0, 0.0, 3.0],
+                         [-30.0, -45.0, -33.0, 0.0, float("inf"), 3.0]]]], dtype=torch.float32)
+    h0 = torch.zeros(1, 1, 4, 6)
+    for act in ACTS:
+        cpu = ops.pool_unpool_diff(z1, h0, act, *pool, impl="compiled")
+        _exact(ops.pool_unpool_diff(z1.cuda(), h0.cuda(), act, *pool, impl="compiled").cpu(), cpu)
+
+
+def _noisy_case(shape, M, pool, act, dtype, seed):
+    B, C, H, W = shape
+    y, i, h0 = _switches(shape, pool, act, dtype, seed)
+    eps = torch.randn((M * B,) + tuple(y.shape[1:]), generator=_gen(seed + 1), dtype=torch.float64).to(dtype)
+    return y, i, h0, eps
+
+
+@gpu
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice", "cl_slice"])
+@pytest.mark.parametrize("shape,M", [((1, 3, 7, 5), 1), ((2, 5, 11, 13), 3), ((3, 16, 8, 8), 2)])
+@pytest.mark.parametrize("pool", POOLS, ids=_pool_id)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_noisy_unpool_diff_cuda(dtype, act, pool, shape, M, layout):
+    """Overlapping pools (3/2/1, 3/1/1) give duplicate switches: the last write must win, without races."""
+    y, i, h0, eps = _noisy_case(shape, M, pool, act, dtype, seed=7)
+    H, W = shape[2:]
+    cpu = ops.noisy_unpool_diff(y, eps, 0.4, i, h0, act, (H, W), impl="compiled")
+    yd, id_, hd = (_layout(t.cuda(), "nchw" if layout == "channels_last" else layout) for t in (y, i, h0))
+    ed = _layout(eps.cuda(), layout)
+    out = ops.noisy_unpool_diff(yd, ed, 0.4, id_, hd, act, (H, W), impl="compiled")
+    assert out.is_contiguous(memory_format=_format_of(ed))
+    _close(out.cpu(), cpu, act)
+    _close(out, ops.noisy_unpool_diff_ref(yd, ed, 0.4, id_, hd, act, (H, W)), act)
+    for _ in range(3):
+        _exact(out, ops.noisy_unpool_diff(yd, ed, 0.4, id_, hd, act, (H, W), impl="compiled"))
+
+
+@gpu
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "cl_slice"])
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 2, 1)], ids=_pool_id)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_noisy_unpool_diff_philox_cuda(dtype, act, pool, layout):
+    B, C, H, W = 3, 5, 11, 9
+    y, i, h0 = _switches((B, C, H, W), pool, act, dtype, seed=9)
+    key, offset, iteration = (0xCAFEF00D, 77), 1000, 40
+    for samples, copies in [(1, 1), (2, 6), (3, 3)]:
+        cpu = noisy_unpool_diff_philox(y, 0.25, i, h0, act, (H, W), key, offset, iteration, samples, copies)
+        yd = _layout(y.cuda(), layout)
+        args = (yd, 0.25, i.cuda(), h0.cuda(), act, (H, W), key, offset, iteration, samples, copies)
+        out = noisy_unpool_diff_philox(*args)
+        assert out.is_contiguous(memory_format=_format_of(yd))
+        _close(out.cpu(), cpu, act)
+        _close(out, noisy_unpool_diff_philox_ref(*args), act)
+        # the same as noisy_unpool_diff given the CUDA philox_normal_'s noise block
+        eps = torch.empty(copies, B, C, *y.shape[2:], device="cuda")
+        for m in range(copies):
+            torch.ops.dtp_fast.philox_normal_(eps[m], *key, offset, iteration + m // samples, m % samples)
+        eps = eps.flatten(0, 1).to(dtype).contiguous(memory_format=_format_of(yd))
+        _exact(out, ops.noisy_unpool_diff(yd, eps, 0.25, i.cuda(), h0.cuda(), act, (H, W), impl="compiled"))
+
+
+@gpu
+def test_cuda_ops_are_graph_capturable():
+    """No host synchronisation: the fused ops can be captured in a CUDA graph (issue: graphs per batch)."""
+    B, C, H, W = 2, 4, 8, 8
+    y, i, h0 = (t.cuda() for t in _switches((B, C, H, W), (2, 2, 0), "elu", torch.float32, seed=11))
+    z1 = torch.randn(3 * B, C, H, W, device="cuda")
+    args = (y, 0.5, i, h0, "elu", (H, W), (3, 4), 0, 0, 1, 3)
+    expect = (noisy_unpool_diff_philox(*args), ops.pool_unpool_diff(z1, h0, "elu", 2, 2, 0, impl="compiled"))
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        noisy_unpool_diff_philox(*args)  # warm up on the side stream
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, stream=stream):
+            got = (noisy_unpool_diff_philox(*args), ops.pool_unpool_diff(z1, h0, "elu", 2, 2, 0, impl="compiled"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(got, expect):
+        _exact(a, b)
+
+
+@gpu
+def test_cuda_op_argument_errors():
+    y, i, h0 = (t.cuda() for t in _switches((2, 3, 6, 6), (2, 2, 0), "elu", torch.float32, seed=12))
+    eps = torch.randn(4, 3, 3, 3, device="cuda")
+    with pytest.raises(RuntimeError, match="same CUDA device"):
+        torch.ops.dtp_fast.noisy_unpool_diff(y, eps, 0.1, i.cpu(), h0, 1, [6, 6])
+    with pytest.raises(RuntimeError, match="multiple of the batch size"):
+        torch.ops.dtp_fast.noisy_unpool_diff(y, eps[:3], 0.1, i, h0, 1, [6, 6])
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        torch.ops.dtp_fast.pool_unpool_diff(eps.half(), h0.half(), 1, [2, 2], [2, 2], [0, 0])
+    with pytest.raises(RuntimeError, match="same CUDA device"):
+        torch.ops.dtp_fast.pool_unpool_diff(eps, h0[:1].cpu(), 1, [2, 2], [2, 2], [0, 0])
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_momentum_sgd_cuda(dtype):
+    params, grads, bufs, lr, mom, wd = _sgd_case("cpu", dtype)
+    dev = [[t.cuda() for t in ts] for ts in (params, grads, bufs)]
+    for ts in dev[0] + dev[2]:
+        assert ts.is_contiguous() or ts.is_contiguous(memory_format=torch.channels_last) or ts.numel() == 0
+    cuda_backend.fused_momentum_sgd_(params, grads, bufs, lr, mom, wd)  # CPU kernel
+    cuda_backend.fused_momentum_sgd_(*dev, lr, mom, wd)  # 30 tensors: two launches
+    for a, b in zip(dev[0] + dev[2], params + bufs):
+        _exact(a.cpu(), b)  # the same roundings (no FMA on either side)
+    # and torch's own SGD step on the GPU, within an ulp or so (ATen may fuse a * alpha + b)
+    p2, g2, b2 = ([t.cuda() for t in ts] for ts in _sgd_case("cpu", dtype)[:3])
+    for k in range(len(p2)):
+        momentum_sgd_([p2[k]], [g2[k]], [b2[k]], lr[k], mom[k], wd[k])
+    for a, b in zip(dev[0] + dev[2], p2 + b2):
+        torch.testing.assert_close(a, b, rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
+
+
+# ----------------------------------------------------------------- the backend against reference
+def _net(kernel=3, pool=(2, 2, 0), act=nn.ELU, hw=(9, 7), channels=(3, 4, 5), hidden=6, classes=3):
+    c0, c1, c2 = channels
+    k, s, p = pool
+    h, w = hw[0] // 2, hw[1] // 2
+    h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    seq = nn.Sequential(nn.Conv2d(c0, c1, 3, padding=1), nn.ELU(), nn.MaxPool2d(2, 2),
+                        nn.Conv2d(c1, c2, kernel, padding=kernel // 2), act(), nn.MaxPool2d(k, s, p),
+                        nn.Flatten(), nn.Linear(c2 * h * w, hidden), act(), nn.Linear(hidden, classes))
+    return dtp_fast.from_sequential(seq, (c0, *hw))
+
+
+def _train(net, x, cfg, backend, noise, budget="default", steps=2, noncontig=False):
+    net = copy.deepcopy(net)
+    state = FeedbackState()
+    losses = []
+    for s in range(steps):
+        acts, sw = net.activations(x)
+        if noncontig:
+            acts = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in acts]
+        losses.append(train_feedback(net, acts, sw, cfg, state, noise, 5 + s, backend=backend, report="all",
+                                     memory_budget=budget))
+    return net, state, losses
+
+
+def _assert_same(ref, fast, dtype):
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
+    (n_ref, st_ref, l_ref), (n_fast, st_fast, l_fast) = ref, fast
+    for name in n_ref.feedback_names:
+        torch.testing.assert_close(n_fast.blocks[name].g_op.weight, n_ref.blocks[name].g_op.weight, **tol)
+        torch.testing.assert_close(st_fast.buffers[f"{name}.weight"], st_ref.buffers[f"{name}.weight"], **tol)
+    for a, b in zip(l_ref, l_fast):
+        for name in a:
+            assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=tol["rtol"] * 10, abs=1e-6)
+
+
+@gpu
+@pytest.mark.parametrize("case", ["conv3x3-pool2", "conv5x5-pool3/2/1", "relu", "tanh-odd"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("budget", ["default", "one"])
+def test_cuda_backend_equals_reference(case, dtype, budget, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    kw = {"conv3x3-pool2": dict(kernel=3, pool=(2, 2, 0)), "conv5x5-pool3/2/1": dict(kernel=5, pool=(3, 2, 1)),
+          "relu": dict(act=nn.ReLU), "tanh-odd": dict(act=nn.Tanh, hw=(11, 13), pool=(3, 2, 1))}[case]
+    torch.manual_seed(0)
+    net = _net(**kw).to("cuda", dtype)
+    x = torch.randn(3, *net.in_shape, dtype=dtype, device="cuda")
+    cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
+    b = None
+    if budget == "one":
+        from dtp_fast.feedback.analytic import minimum_memory_budget
+        b = minimum_memory_budget(net.block_list()[1:], cfg.resolve(net.feedback_names), 3, x.element_size())
+    assert resolve_backend("cuda", "cuda") == "cuda"
+    ref = _train(net, x, cfg, "reference", CounterNoise(3), None)
+    _assert_same(ref, _train(net, x, cfg, "cuda", CounterNoise(3), b if b else "default"), dtype)
+
+
+@gpu
+@pytest.mark.parametrize("pool", [(3, 2, 1), (2, 2, 0)], ids=_pool_id)
+def test_cuda_backend_batch_one_explicit_noise_and_layouts(pool):
+    torch.manual_seed(1)
+    net = _net(kernel=5, pool=pool, hw=(7, 9)).to("cuda", torch.float64)
+    x = torch.randn(1, *net.in_shape, dtype=torch.float64, device="cuda")
+    cfg = FeedbackConfig(iterations=[6, 2, 3], lr=0.05, noise=0.2, samples=3)
+    ref = _train(net, x, cfg, "reference", CounterNoise(7), None)
+    _assert_same(ref, _train(net, x, cfg, "cuda", CounterNoise(7), noncontig=True), torch.float64)
+    # explicit noise tensors: the materialising path
+    table = {}
+
+    def noise(step, layer, iteration, sample, which):
+        key = (step, layer, iteration, sample, which)
+        if key not in table:
+            shape = net.block_list()[layer - 1 if which == "x" else layer].out_shape
+            g = torch.Generator().manual_seed(len(table))
+            table[key] = torch.randn(1, *shape, generator=g, dtype=torch.float64).cuda()
+        return table[key]
+
+    ref = _train(net, x, cfg, "reference", ExplicitNoise(noise), None)
+    _assert_same(ref, _train(net, x, cfg, "cuda", ExplicitNoise(noise)), torch.float64)
+
+
+@gpu
+def test_cuda_backend_step_layers_matches_apply():
+    """step_layers (one fused launch for all layers) performs _Layer.apply's update."""
+    from types import SimpleNamespace
+
+    from dtp_fast.feedback.engine import LayerHParams
+
+    layers, expect = [], []
+    for k, shape in enumerate([(4, 3, 3, 3), (6, 4), (5, 5)]):
+        V = torch.randn(shape, device="cuda", dtype=torch.float64)
+        buf = torch.randn(shape, device="cuda", dtype=torch.float64)
+        grad = torch.randn(shape, device="cuda", dtype=torch.float64)
+        hp = LayerHParams(iterations=3, lr=0.1 * (k + 1), noise=0.1, momentum=0.9, weight_decay=0.01 * k)
+        layers.append(SimpleNamespace(Vw=V, bufw=buf, hp=hp, next_k=0))
+        v2, b2 = V.clone(), buf.clone()
+        momentum_sgd_([v2], [grad.clone()], [b2], hp.lr, hp.momentum, hp.weight_decay)
+        expect.append((v2, b2, grad))
+    cuda_backend.CudaBackend().step_layers(layers, [e[2] for e in expect], 4)
+    for lay, (v2, b2, _) in zip(layers, expect):
+        torch.testing.assert_close(lay.Vw, v2, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(lay.bufw, b2, rtol=1e-14, atol=1e-15)
+        assert lay.next_k == 5
