@@ -505,6 +505,54 @@ def _assert_same(ref, fast, dtype):
             assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=tol["rtol"] * 10, abs=1e-6)
 
 
+def _train_direct(backend, net, x, cfg, noise, budget, steps=2):
+    """``backend.train`` called directly (no availability check)."""
+    net = copy.deepcopy(net)
+    state = FeedbackState()
+    losses = []
+    for s in range(steps):
+        acts, sw = net.activations(x)
+        losses.append(backend.train(net, [a.detach() for a in acts], sw, cfg.resolve(net.feedback_names), state,
+                                    noise, 5 + s, "all", memory_budget=budget))
+    return net, state, losses
+
+
+@pytest.mark.parametrize("case", ["conv3x3-pool2", "conv5x5-pool3/2/1", "tanh-odd"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_backend_logic_with_the_cpu_kernels(case, dtype):
+    """The backend's code paths (in-kernel noise op, fused dh1, multi-tensor update in the interleaved
+    loop) run on the CPU kernels of the same ops: the same feedback weights as ``reference``."""
+    require_ext()
+    kw = {"conv3x3-pool2": dict(kernel=3, pool=(2, 2, 0)), "conv5x5-pool3/2/1": dict(kernel=5, pool=(3, 2, 1)),
+          "tanh-odd": dict(act=nn.Tanh, hw=(11, 13), pool=(3, 2, 1))}[case]
+    torch.manual_seed(0)
+    net = _net(**kw).to(dtype)
+    x = torch.randn(3, *net.in_shape, dtype=dtype)
+    cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2,
+                         weight_decay=1e-3)
+    backend = cuda_backend.CudaBackend(threads=1)
+    calls = []
+    real = cuda_backend.fused_momentum_sgd_
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(cuda_backend, "fused_momentum_sgd_", lambda *a: (calls.append(len(a[0])), real(*a)))
+    try:
+        fast = _train_direct(backend, net, x, cfg, CounterNoise(3), None)
+    finally:
+        monkey.undo()
+    assert calls[:5] == [3, 3, 3, 2, 1] and len(calls) == 10  # one update per iteration, all layers at once
+    ref = _train(net, x, cfg, "reference", CounterNoise(3), None)
+    _assert_same(ref, fast, dtype)
+    # with explicit noise (the materialising path) and chunks of one iteration
+    from dtp_fast.feedback.analytic import minimum_memory_budget
+    table = {}
+    noise = ExplicitNoise(lambda *key: table.setdefault(key, torch.randn(
+        3, *net.block_list()[key[1] - 1 if key[4] == "x" else key[1]].out_shape, generator=_gen(len(table)),
+        dtype=dtype)))
+    one = minimum_memory_budget(net.block_list()[1:], cfg.resolve(net.feedback_names), 3, x.element_size())
+    _assert_same(_train(net, x, cfg, "reference", noise, None), _train_direct(backend, net, x, cfg, noise, one),
+                 dtype)
+
+
 @gpu
 @pytest.mark.parametrize("case", ["conv3x3-pool2", "conv5x5-pool3/2/1", "relu", "tanh-odd"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
