@@ -20,6 +20,8 @@ TORCH_SPEC=${CUDA_CHECK_TORCH:-torch==2.14.1}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-2}
 start=$(date +%s)
+# pip, without the warnings about this machine's missing local index folders
+pip_q() { "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
 
 if [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
   echo "cuda-check: no nvcc at $CUDA_HOME/bin/nvcc: set CUDA_HOME to a CUDA toolkit" >&2
@@ -28,7 +30,7 @@ fi
 "$CUDA_HOME/bin/nvcc" --version | tail -n 2
 
 test -x "$VENV/bin/python" || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q "$TORCH_SPEC" numpy ninja setuptools wheel pybind11 pytest
+pip_q install -q "$TORCH_SPEC" numpy ninja setuptools wheel pybind11 pytest
 "$VENV/bin/python" -c 'import torch; print("cuda-check: torch", torch.__version__, "CUDA", torch.version.cuda)'
 echo "cuda-check: venv ready after $(( $(date +%s) - start )) s"
 
@@ -36,7 +38,7 @@ SRC=$(mktemp -d)
 trap 'rm -rf "$SRC"' EXIT
 # tracked and untracked, not ignored files: no build outputs, no venvs
 git ls-files -z --cached --others --exclude-standard | tar -cf - --null -T - | tar -xf - -C "$SRC"
-(cd "$SRC" && DTP_FAST_FORCE_CUDA=1 "$VENV/bin/python" -m pip install -q --no-build-isolation .)
+(cd "$SRC" && DTP_FAST_FORCE_CUDA=1 pip_q install -q --no-build-isolation .)
 echo "cuda-check: built after $(( $(date +%s) - start )) s"
 
 # From outside the source trees, so that the installed package is imported.
