@@ -35,8 +35,12 @@ import triton.language as tl
 __all__ = ["SLOTS", "layer_scalars", "ldrl_loss_", "momentum_step_", "linear_chain_"]
 
 SLOTS = 4
-# columns of the scalars table
-LR, MOMENTUM, WEIGHT_DECAY, GRAD_SCALE, LOSS_SCALE = range(5)
+# columns of the scalars table (constexpr: compiled kernels may only read constexpr globals)
+LR = tl.constexpr(0)
+MOMENTUM = tl.constexpr(1)
+WEIGHT_DECAY = tl.constexpr(2)
+GRAD_SCALE = tl.constexpr(3)
+LOSS_SCALE = tl.constexpr(4)
 
 
 def layer_scalars(rows, like: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ import triton.language as tl
 
 from .. import noise as _mirror
 
-__all__ = ["normal_at", "noise_fill_", "philox_normal", "signed32", "launch_options"]
+__all__ = ["normal_at", "noise_fill_", "philox_normal", "signed32", "launch_options", "dense_layout", "scalar",
+           "check_counters"]
 
 # Philox constants
 _M0 = tl.constexpr(0xD2511F53)

@@ -77,16 +77,16 @@ def _expm1_nonpos(x):
 @triton.jit
 def activate(x, ACT: tl.constexpr):
     """ACT(x) for the codes of :data:`ACT_CODES`."""
+    out = x
     if ACT == 1:  # ELU, alpha 1
-        return tl.where(x > 0, x, _expm1_nonpos(tl.where(x > 0, 0.0, x)))
-    elif ACT == 2:  # ReLU, NaN propagates
-        return tl.where(x < 0, 0.0, x)
-    elif ACT == 3:  # tanh(|x|) = -t / (t + 2), t = expm1(-2|x|)
+        out = tl.where(x > 0, x, _expm1_nonpos(tl.where(x > 0, 0.0, x)))
+    if ACT == 2:  # ReLU, NaN propagates
+        out = tl.where(x < 0, 0.0, x)
+    if ACT == 3:  # tanh(|x|) = -t / (t + 2), t = expm1(-2|x|)
         t = _expm1_nonpos(-2.0 * tl.abs(x))
         th = -t / (t + 2.0)
-        return tl.where(x < 0, -th, th)
-    else:
-        return x
+        out = tl.where(x < 0, -th, th)
+    return out
 
 
 @triton.jit

@@ -1,0 +1,26 @@
+"""benchmarks/gpu_check.py runs in one command; on a CPU as a smoke test (seconds)."""
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_runs_on_cpu_in_one_command(tmp_path):
+    """The smoke version: every CPU backend against reference, then the timings; JSON and markdown written."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--width", "0.125",
+           "--batch-size", "4", "--quick", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".md"), files
+    res = json.loads((tmp_path / files[0]).read_text())
+    assert {"results", "device", "ldrl_step_seconds", "backprop_step_seconds", "correctness", "targets"} <= set(res)
+    backends = [r["backend"] for r in res["results"]]
+    assert backends[0] == "reference" and "torch" in backends
+    assert all(c["passed"] for c in res["correctness"]), res["correctness"]
+    assert {c["backend"] for c in res["correctness"]} == set(backends) - {"reference"}
+    for r in res["results"]:
+        assert {"backend", "feedback_seconds", "speedup_vs_reference", "peak_memory_bytes"} <= set(r)
+    assert "| feedback phase, `reference` |" in (tmp_path / files[1]).read_text()
