@@ -187,7 +187,7 @@ def test_dh2_in_kernel_noise_equals_the_torch_backend(pool_name):
     want = AnalyticBackend().dh2(block, y, nb, 0.2, sw, h0)
     block.to(DEVICE)
     dsw = None if sw is None else sw.to(DEVICE)
-    got = TritonBackend().dh2(block, y.to(DEVICE), nb, 0.2, dsw, h0.to(DEVICE))
+    got = TritonBackend(tf32=False).dh2(block, y.to(DEVICE), nb, 0.2, dsw, h0.to(DEVICE))
     assert got.shape == want.shape
     _close(got.cpu(), want, torch.float32, f"dh2 in-kernel noise {pool_name}")
 
@@ -196,7 +196,7 @@ def test_noisy_input_equals_the_torch_backend():
     x = torch.randn(3, 4, 5, 6).contiguous(memory_format=torch.channels_last)
     nb = NoiseBlock(CounterNoise(1), 2, 1, "x", 3, 2, 2, 5, tuple(x.shape))
     want = AnalyticBackend().noisy_input(nb, 0.4, x, torch.channels_last)
-    got = TritonBackend().noisy_input(nb, 0.4, x.to(DEVICE), torch.channels_last)
+    got = TritonBackend(tf32=False).noisy_input(nb, 0.4, x.to(DEVICE), torch.channels_last)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got.cpu(), want)
 
@@ -343,7 +343,7 @@ def test_triton_backend_equals_torch_and_reference(case, dtype, chunking):
     budget = minimum_memory_budget(net.block_list()[1:], hp, 3, x.element_size()) if chunking == "one" else None
     ref = _run(net, x, cfg, "reference", None)
     _assert_same(ref, _run(net, x, cfg, "torch", budget), dtype)
-    backend = TritonBackend()
+    backend = TritonBackend(tf32=False)
     fast = _run(net.to(DEVICE), x.to(DEVICE), cfg, backend, budget)
     assert backend.last_chain.startswith("eager" if DEVICE == "cpu" or chunking == "one" else "graph")
     _assert_same(ref, fast, dtype)
@@ -351,7 +351,7 @@ def test_triton_backend_equals_torch_and_reference(case, dtype, chunking):
 
 def test_triton_backend_batch_one_noncontiguous_lenet_mlp_and_explicit_noise():
     torch.manual_seed(1)
-    backend = TritonBackend()
+    backend = TritonBackend(tf32=False)
     net = _net(kernel=5, pool=(3, 2, 1), hw=(7, 9)).double()
     x = torch.randn(1, *net.in_shape, dtype=torch.float64)
     cfg = FeedbackConfig(iterations=[6, 2, 3], lr=0.05, noise=0.2, samples=3)
@@ -388,7 +388,7 @@ def test_triton_backend_reduce_hook_runs_the_per_iteration_chain():
     x = torch.randn(3, *net.in_shape, dtype=torch.float64)
     cfg = FeedbackConfig(iterations=[2, 3, 1], lr=0.05, noise=0.2)
     seen = []
-    got = _run(net.to(DEVICE), x.to(DEVICE), cfg, TritonBackend(), None, steps=1,
+    got = _run(net.to(DEVICE), x.to(DEVICE), cfg, TritonBackend(tf32=False), None, steps=1,
                reduce=lambda ts: seen.append([tuple(t.shape) for t in ts]))
     _assert_same(_run(net.cpu(), x, cfg, "torch", None, steps=1), got, torch.float64)
     assert len(seen) == 3 and len(seen[0]) == 3 + 3  # 3 gradients and 3 losses at k = 0 ("all")

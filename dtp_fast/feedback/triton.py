@@ -346,7 +346,8 @@ class TritonBackend(AnalyticBackend):
             try:
                 graph = torch.cuda.CUDAGraph()
                 torch.cuda.synchronize()
-                with torch.cuda.graph(graph):
+                # thread_local: other threads (e.g. a data prefetcher copying to the GPU) keep working
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     chain()
                 entry.graph = graph
                 self.last_chain = "graph-capture"
