@@ -440,3 +440,21 @@ def _gpu_check_module():
 def test_tf32_does_not_change_alignment_beyond_tolerance():
     res = _gpu_check_module().tf32_alignment_check("cuda")
     assert res["passed"], res
+
+
+def test_kernels_compile_for_sm90_without_a_gpu():
+    """The interpreter misses compile-only errors (e.g. a non-constexpr global): compile the float32 ELU
+    specializations for sm_90 through ptxas, in a process without TRITON_INTERPRET."""
+    import os
+    import subprocess
+
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"triton without its NVIDIA backend: {err}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "dtp_fast.kernels.compile_check", "--quick"], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "all kernels compiled for sm_90" in proc.stdout
