@@ -314,9 +314,13 @@ def main(argv=None) -> int:
             res["tf32"] = {"passed": False, "error": f"{type(err).__name__}: {err}"}
         atomic_write_json(res, json_path)
 
-    _log("3/3 timings")
+    # a backend that raised above would abort the bench: time the others
+    broken = sorted({c["backend"] for c in res["correctness"] if "error" in c})
+    timed = [b for b in usable if b not in broken]
+    res["excluded_from_timings"] = broken
+    _log("3/3 timings" + (f" (without {', '.join(broken)}, which raised)" if broken else ""))
     ns = argparse.Namespace(net="simple_vgg", width=args.width, batch_size=args.batch_size,
-                            iterations=[2] if args.quick else None, backends=",".join(usable),
+                            iterations=[2] if args.quick else None, backends=",".join(timed),
                             per_layer=args.per_layer, repeats=args.repeats or (1 if args.quick else 5),
                             device=str(device), dtype="float32", memory_budget="default", threads=None, seed=0,
                             json=None, markdown=None, plot=None, quiet=False)

@@ -13,6 +13,8 @@ that launch them:
   launch, and a persistent kernel running every iteration of a Linear
   feedback block in one launch.
 
+:mod:`.compile_check` compiles them all for a CUDA target without a GPU.
+
 Triton is optional: importing this package does not import it;
 :func:`available` says whether it can be. The kernels run on CUDA tensors,
 or on CPU tensors under ``TRITON_INTERPRET=1`` (set before the kernel modules
