@@ -126,10 +126,14 @@ def test_build_without_cuda_kernels_says_how_to_get_them(monkeypatch):
     assert "DTP_FAST_FORCE_CUDA=1" in msg
     # a CUDA build that lacks a kernel (stale) names it
     monkeypatch.setattr(_ext, "build_info", lambda: dict(info, with_cuda=True, cuda_version="13.0"))
-    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
-                        lambda name, key: name != "dtp_fast::momentum_sgd_")
+    def has_kernel(name, key):
+        if name == "dtp_fast::momentum_sgd_":
+            raise RuntimeError("operator dtp_fast::momentum_sgd_ does not exist")
+        return name != "dtp_fast::pool_unpool_diff"
+
+    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", has_kernel)
     msg = cuda_kernels_problem()
-    assert "no CUDA kernel for momentum_sgd_" in msg and FIX in msg
+    assert "no CUDA kernel for pool_unpool_diff, momentum_sgd_" in msg and FIX in msg
     # and the backend passes it on when a GPU is there
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.version, "cuda", "13.0")

@@ -37,6 +37,13 @@ _HOW = ("rebuild dtp_fast with the CUDA toolkit (nvcc): `CUDA_HOME=/usr/local/cu
         "skipping the CUDA kernels)")
 
 
+def _has_cuda_kernel(name: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")
+    except RuntimeError:  # the op itself is missing (a build that predates it)
+        return False
+
+
 def cuda_kernels_problem() -> str | None:
     """Why the loaded dtp_fast._C has no usable CUDA kernels (with the fix), or None."""
     if not _ext.available():
@@ -44,8 +51,7 @@ def cuda_kernels_problem() -> str | None:
     info = _ext.build_info() or {}
     if not info.get("with_cuda"):
         return "dtp_fast._C was built without CUDA kernels (CPU kernels only): with a CUDA build of torch, " + _HOW
-    missing = [op for op in CUDA_OPS
-               if not torch._C._dispatch_has_kernel_for_dispatch_key("dtp_fast::" + op, "CUDA")]
+    missing = [op for op in CUDA_OPS if not _has_cuda_kernel("dtp_fast::" + op)]
     if missing:
         return "dtp_fast._C has no CUDA kernel for %s (a stale build); %s" % (", ".join(missing), _HOW)
     return None
