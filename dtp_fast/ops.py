@@ -133,7 +133,9 @@ def _check_impl(impl: str) -> None:
         raise ValueError("unknown impl %r; valid: %s" % (impl, ", ".join(_IMPLS)))
 
 
-def _use_compiled(impl: str, *tensors: torch.Tensor) -> bool:
+def _use_compiled(impl: str, *tensors: torch.Tensor, op: str | None = None) -> bool:
+    """Whether to call the compiled kernel: ``impl="auto"`` picks it for float32/float64
+    tensors on the CPU, or on a CUDA device when the build has a CUDA kernel of ``op``."""
     _check_impl(impl)
     if impl == "torch":
         return False
@@ -141,8 +143,13 @@ def _use_compiled(impl: str, *tensors: torch.Tensor) -> bool:
         if not _ext.available():
             raise RuntimeError("impl='compiled' asked for, but %s" % _ext.load_error())
         return True
-    fits = all(t.device.type == "cpu" for t in tensors) and tensors[0].dtype in _COMPILED_DTYPES
-    return fits and _ext.available()
+    device = tensors[0].device.type
+    if any(t.device.type != device for t in tensors) or tensors[0].dtype not in _COMPILED_DTYPES:
+        return False
+    if device == "cpu":
+        return _ext.available()
+    return (device == "cuda" and op is not None and _ext.available()
+            and torch._C._dispatch_has_kernel_for_dispatch_key("dtp_fast::" + op, "CUDA"))
 
 
 def _has_compiled_op(name: str) -> bool:
@@ -157,7 +164,9 @@ def _has_compiled_op(name: str) -> bool:
 
 def _use_compiled_op(name: str, impl: str, *tensors: torch.Tensor) -> bool:
     """_use_compiled, and the op must exist in the loaded extension."""
-    if not _use_compiled(impl, *tensors):
+    if not _has_compiled_op(name) and impl != "compiled":
+        return False
+    if not _use_compiled(impl, *tensors, op=name):
         return False
     if _has_compiled_op(name):
         return True
@@ -611,6 +620,24 @@ def _register_python_impls() -> None:
             )
             shape = (eps.shape[0], y.shape[1], output_size[0], output_size[1])
             return torch.empty(shape, dtype=y.dtype, device=eps.device, memory_format=_memory_format(eps))
+
+    if _has_compiled_op("noisy_unpool_diff_philox"):
+
+        @torch.library.register_fake("dtp_fast::noisy_unpool_diff_philox")
+        def _noisy_unpool_diff_philox_fake(y, sigma, indices, h0, act, output_size, key0, key1, offset, iteration,
+                                           samples, copies):
+            op = "dtp_fast::noisy_unpool_diff_philox"
+            torch._check(y.dim() == 4 and h0.dim() == 4, lambda: op + ": 4-D tensors only")
+            torch._check(y.dtype in _COMPILED_DTYPES, lambda: op + ": float32/float64 only")
+            shape = (copies * y.shape[0], y.shape[1], output_size[0], output_size[1])
+            return torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=_memory_format(y))
+
+    if _has_compiled_op("momentum_sgd_"):
+
+        @torch.library.register_fake("dtp_fast::momentum_sgd_")
+        def _momentum_sgd_fake(params, grads, bufs, lr, momentum, weight_decay):
+            torch._check(len(params) == len(grads) == len(bufs) == len(lr) == len(momentum) == len(weight_decay),
+                         lambda: "dtp_fast::momentum_sgd_: one grad, buffer and setting per parameter")
 
     if _has_compiled_op("philox_normal_"):
 
