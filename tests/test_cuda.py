@@ -479,15 +479,7 @@ def test_momentum_sgd_cuda(dtype):
 
 
 # ----------------------------------------------------------------- the backend against reference
-def _net(kernel=3, pool=(2, 2, 0), act=nn.ELU, hw=(9, 7), channels=(3, 4, 5), hidden=6, classes=3):
-    c0, c1, c2 = channels
-    k, s, p = pool
-    h, w = hw[0] // 2, hw[1] // 2
-    h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    seq = nn.Sequential(nn.Conv2d(c0, c1, 3, padding=1), nn.ELU(), nn.MaxPool2d(2, 2),
-                        nn.Conv2d(c1, c2, kernel, padding=kernel // 2), act(), nn.MaxPool2d(k, s, p),
-                        nn.Flatten(), nn.Linear(c2 * h * w, hidden), act(), nn.Linear(hidden, classes))
-    return dtp_fast.from_sequential(seq, (c0, *hw))
+from test_backends import _net  # noqa: E402  (conv_0, conv_1 under test, fc_0, fc_1)
 
 
 def _train(net, x, cfg, backend, noise, budget="default", steps=2, noncontig=False):

@@ -337,8 +337,13 @@ class AnalyticBackend:
             grads = [lay.gradient(k, want) for lay, want in zip(active, wants)]
             if reduce is not None:  # one bucket: every layer's gradient and reported loss
                 reduce(grads + [lay.losses[-1] for lay, want in zip(active, wants) if want])
-            for lay, grad in zip(active, grads):
-                lay.apply(grad, k)
+            self.step_layers(active, grads, k)
+
+    def step_layers(self, layers, grads, k: int) -> None:
+        """The momentum-SGD steps of iteration k of ``layers`` with their ``grads`` (a hook:
+        the ``cuda`` backend makes them one fused launch)."""
+        for lay, grad in zip(layers, grads):
+            lay.apply(grad, k)
 
     def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
               sample_offset=0, reduce=None):

@@ -13,8 +13,8 @@ see the same noise. Convolutions (cuDNN) and the sequential chain are the
 ``torch`` engine's.
 
 The momentum steps of all layers stepping in a feedback iteration run as one
-launch of the multi-tensor ``momentum_sgd_`` kernel (``run_interleaved``,
-``step_layers``).
+launch of the multi-tensor ``momentum_sgd_`` kernel (:meth:`CudaBackend.step_layers`,
+called by the engine's interleaved loop).
 """
 from __future__ import annotations
 
@@ -172,17 +172,6 @@ class CudaBackend(AnalyticBackend):
         return ops.noisy_unpool_diff(y, e, sigma, switches, h0, block.act, size, impl="compiled")
 
     # ------------------------------------------------------------------ the chain
-    def run_interleaved(self, layers, report: str, reduce=None) -> None:
-        """The engine's interleaved loop (iteration k of every layer before k + 1) with the
-        momentum steps of each iteration's layers in one fused launch (:meth:`step_layers`)."""
-        for k in range(max((lay.hp.iterations for lay in layers), default=0)):
-            active = [lay for lay in layers if k < lay.hp.iterations]
-            wants = [report == "all" or (report == "last" and k == lay.hp.iterations - 1) for lay in active]
-            grads = [lay.gradient(k, want) for lay, want in zip(active, wants)]
-            if reduce is not None:  # one bucket: every layer's gradient and reported loss
-                reduce(grads + [lay.losses[-1] for lay, want in zip(active, wants) if want])
-            self.step_layers(active, grads, k)
-
     def step_layers(self, layers, grads, k: int) -> None:
         """The momentum-SGD steps of iteration k of several layers (the engine's ``_Layer``
         objects, with their gradients) in one fused launch; the same update as ``_Layer.apply``."""
