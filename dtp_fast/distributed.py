@@ -69,20 +69,31 @@ class Distributed:
         finally:
             self.comm_seconds += time.perf_counter() - t0
 
-    def reduce_weighted_(self, tensors: Sequence[torch.Tensor], weight: float) -> None:
+    def reduce_weighted_(self, tensors: Sequence[torch.Tensor], weight: float, async_op: bool = False):
         """``t <- sum over ranks of weight_r * t_r`` for every tensor, in place, in one all-reduce
-        (with ``weight = rows / global rows`` this turns per-rank means into the global mean)."""
+        (with ``weight = rows / global rows`` this turns per-rank means into the global mean).
+
+        With ``async_op`` the all-reduce is started and a function is returned that waits
+        for it and writes the results (call it before using the tensors); meanwhile the
+        caller can compute something else. Only the time spent waiting counts as
+        communication time."""
         if not self.enabled or not tensors:
-            return
+            return (lambda: None) if async_op else None
         import torch.distributed as dist
 
         flat = torch.cat([t.detach().reshape(-1) for t in tensors]).mul_(weight)
-        self._collective("all-reduce", lambda: dist.all_reduce(flat, group=self.group))
-        i = 0
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[i:i + n].view_as(t))
-            i += n
+        work = self._collective("all-reduce", lambda: dist.all_reduce(flat, group=self.group, async_op=True))
+
+        def finish():
+            self._collective("all-reduce", work.wait)
+            i = 0
+            for t in tensors:
+                n = t.numel()
+                t.copy_(flat[i:i + n].view_as(t))
+                i += n
+        if async_op:
+            return finish
+        finish()
 
     def sum_(self, values: Sequence[float]) -> list[float]:
         """The sums over ranks of a few numbers (float64)."""

@@ -259,7 +259,7 @@ class Trainer:
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         stats = {}
-        reduce = (lambda ts: self.dist.reduce_weighted_(ts, weight)) if self.dist.enabled else None
+        reduce = (lambda ts: self.dist.reduce_weighted_(ts, weight, async_op=True)) if self.dist.enabled else None
         if self.config.algo != "bp":
             with watch("forward"):
                 acts, switches = self.net.activations(x, detach_inputs=True)
@@ -286,7 +286,7 @@ class Trainer:
             loss.backward()
             loss = loss.detach()
             if reduce is not None:  # one bucket: the forward gradients and the loss
-                reduce([p.grad for p in self.net.forward_parameters() if p.grad is not None] + [loss])
+                reduce([p.grad for p in self.net.forward_parameters() if p.grad is not None] + [loss])()
             self._check_finite(loss, what, batch)
             self.optimizer.step()
         self.step += 1

@@ -206,3 +206,31 @@ def test_reduce_hook_sees_one_bucket_per_iteration_in_a_fixed_order(backend):
     _assert_same(plain, runs[0], torch.float64)
     if backend != "reference":  # interleaved: iteration 0 of all layers in one bucket, with their losses
         assert len(buckets[0]) == 3 and len(buckets[0][0]) == 6
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FAST)
+def test_asynchronous_reduce_overlaps_the_next_chunks_precomputation(backend, monkeypatch):
+    """A reduce that returns a completion function (an all-reduce in flight): same result, and the
+    fast engine precomputes the chunks that start at the next iteration before completing it."""
+    from dtp_fast.feedback import analytic
+
+    torch.manual_seed(5)
+    net = _net().double()
+    x = torch.randn(2, *net.in_shape, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[4, 3, 5], lr=0.05, noise=0.2)
+    hp = cfg.resolve(net.feedback_names)
+    two = 2 * minimum_memory_budget(net.block_list()[1:], hp, 2, 8)   # chunks of 2 iterations
+    plain = _run(net, x, cfg, backend, two)
+    events = []
+    prepare = analytic._Layer._prepare
+    monkeypatch.setattr(analytic._Layer, "_prepare", lambda lay, k0: (events.append(("prepare", k0)),
+                                                                      prepare(lay, k0))[1])
+    net2, state = copy.deepcopy(net), FeedbackState()
+    acts, sw = net2.activations(x)
+    losses = train_feedback(net2, acts, sw, cfg, state, CounterNoise(3), 5, backend=backend, report="all",
+                            memory_budget=two,
+                            reduce=lambda ts: (events.append(("reduce",)), lambda: events.append(("wait",)))[1])
+    _assert_same(plain, (net2, state, [losses]), torch.float64)
+    if backend != "reference":
+        inside = [e for i, e in enumerate(events) if e[0] == "prepare" and events[i - 1] == ("reduce",)]
+        assert inside and all(k0 % 2 == 0 for _, k0 in inside), events

@@ -336,7 +336,12 @@ class AnalyticBackend:
             wants = [report == "all" or (report == "last" and k == lay.hp.iterations - 1) for lay in active]
             grads = [lay.gradient(k, want) for lay, want in zip(active, wants)]
             if reduce is not None:  # one bucket: every layer's gradient and reported loss
-                reduce(grads + [lay.losses[-1] for lay, want in zip(active, wants) if want])
+                pending = reduce(grads + [lay.losses[-1] for lay, want in zip(active, wants) if want])
+                if callable(pending):   # in flight: precompute the chunks that start at k + 1 meanwhile
+                    for lay in active:
+                        if lay.start + lay.held == k + 1 < lay.hp.iterations:
+                            lay._prepare(k + 1)
+                    pending()
             self.step_layers(active, grads, k)
 
     def step_layers(self, layers, grads, k: int) -> None:

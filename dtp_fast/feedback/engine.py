@@ -180,7 +180,10 @@ def train_feedback(net, acts, switches, config: FeedbackConfig | Sequence[LayerH
         reduce: data-parallel runs: a callable that averages a list of tensors in
             place across processes. Called once per feedback iteration with the
             gradients (and reported losses) of the layers stepping then, in the
-            same order on every process.
+            same order on every process. It may return a function that completes
+            the averaging (an all-reduce in flight): the backend calls it before
+            using the tensors, and may compute meanwhile (the ``torch`` engine
+            precomputes the next chunks of perturbations).
 
     Returns ``{layer name: {"iterations": int, "loss": float | list | None}}``.
     """

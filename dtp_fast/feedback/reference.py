@@ -68,7 +68,9 @@ class ReferenceBackend:
                     grads = list(torch.autograd.grad(loss, params))
                 loss = loss.detach()
                 if reduce is not None:
-                    reduce(grads + [loss])
+                    pending = reduce(grads + [loss])
+                    if callable(pending):
+                        pending()
                 momentum_sgd_(params, grads, bufs, hp.lr, hp.momentum, hp.weight_decay)
                 if report == "all" or (report == "last" and k == hp.iterations - 1):
                     losses.append(loss)
