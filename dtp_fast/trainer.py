@@ -194,6 +194,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.out is not None and self.dist.is_main:
             atomic_save(self.state_dict(), self.checkpoint_path)
+        self.saved_epoch = self.epoch
 
     def _resume(self) -> None:
         path = self.checkpoint_path
@@ -229,6 +230,7 @@ class Trainer:
             sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.fb_state.load_state_dict(ckpt["feedback_state"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
+        self.saved_epoch = self.epoch
         self.history, self.totals = list(ckpt["history"]), {**self.totals, **ckpt["totals"]}
         # metrics written after the checkpoint (an interrupted epoch) are dropped
         metrics = self.out / "metrics.jsonl"
@@ -388,8 +390,9 @@ class Trainer:
                 self.dist.barrier()     # the checkpoint is complete before any rank goes on
         except DistributedError as err:
             path = self.checkpoint_path
-            kept = (f"the last checkpoint ({path}, after epoch {self.epoch}) is intact: restart every rank with "
-                    f"--resume" if path is not None and path.exists() else "no checkpoint was written")
+            saved = getattr(self, "saved_epoch", None)
+            kept = (f"the last checkpoint ({path}, after epoch {saved}) is intact: restart every rank with "
+                    f"--resume" if path is not None and saved is not None else "no checkpoint was written")
             raise DistributedError(f"{err}; training stopped and {kept}") from err
         summary = self.summary()
         if self.out is not None and self.dist.is_main:

@@ -150,10 +150,11 @@ class _Layer:
         n = min(self.chunk, hp.iterations - k0)
         SB = hp.samples * B
         fmt = self.fmt
-        block_of = lambda which, like: NoiseBlock(self.noise, self.step, self.index, which, k0, n, hp.samples,
-                                                  self.offset, tuple(like.shape))
-        dx = self.engine.noisy_input(block_of("x", self.x), hp.noise, self.x, fmt).unflatten(0, (-1, B))
-        eps_y = block_of("y", self.y)
+        def noise_of(which, like):
+            return NoiseBlock(self.noise, self.step, self.index, which, k0, n, hp.samples, self.offset,
+                              tuple(like.shape))
+        dx = self.engine.noisy_input(noise_of("x", self.x), hp.noise, self.x, fmt).unflatten(0, (-1, B))
+        eps_y = noise_of("y", self.y)
         if self.linear:
             dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)        # (n*S*B, *h)
             dh2 = self.engine.dh2(self.block, self.y, eps_y, hp.noise, self.switches, self.h0)
