@@ -105,11 +105,7 @@ def train_family_feedback(algo: str, net, acts, switches, hparams, state: Feedba
                 loss = total / hp.samples
                 grads = list(torch.autograd.grad(loss, params))
             loss = loss.detach()
-            if reduce is not None:
-                pending = reduce(grads + [loss])
-                if callable(pending):
-                    pending()
-            momentum_sgd_(params, grads, bufs, hp.lr, hp.momentum, hp.weight_decay)
+            momentum_sgd_(params, grads, bufs, hp.lr, hp.momentum, hp.weight_decay, reduce, [loss])
             if report == "all" or (report == "last" and k == hp.iterations - 1):
                 losses.append(float(loss.detach()))
         value = losses if report == "all" else (losses[0] if losses else None)

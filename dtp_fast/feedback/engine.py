@@ -106,8 +106,16 @@ class FeedbackState:
 
 
 @torch.no_grad()
-def momentum_sgd_(params, grads, bufs, lr: float, momentum: float, weight_decay: float = 0.0) -> None:
-    """In-place SGD with momentum, as ``torch.optim.SGD`` (dampening 0, no Nesterov)."""
+def momentum_sgd_(params, grads, bufs, lr: float, momentum: float, weight_decay: float = 0.0,
+                  reduce=None, losses=()) -> None:
+    """In-place SGD with momentum, as ``torch.optim.SGD`` (dampening 0, no Nesterov).
+
+    With a ``reduce`` hook (see :func:`train_feedback`) the gradients and ``losses`` are
+    averaged across processes first, in one bucket."""
+    if reduce is not None:
+        pending = reduce(list(grads) + list(losses))
+        if callable(pending):
+            pending()
     for p, g, buf in zip(params, grads, bufs):
         if weight_decay:
             g = g.add(p, alpha=weight_decay)

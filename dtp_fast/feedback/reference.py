@@ -67,11 +67,7 @@ class ReferenceBackend:
                                            sample_offset)
                     grads = list(torch.autograd.grad(loss, params))
                 loss = loss.detach()
-                if reduce is not None:
-                    pending = reduce(grads + [loss])
-                    if callable(pending):
-                        pending()
-                momentum_sgd_(params, grads, bufs, hp.lr, hp.momentum, hp.weight_decay)
+                momentum_sgd_(params, grads, bufs, hp.lr, hp.momentum, hp.weight_decay, reduce, [loss])
                 if report == "all" or (report == "last" and k == hp.iterations - 1):
                     losses.append(loss)
             value = None
