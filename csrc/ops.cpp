@@ -31,6 +31,8 @@ const char* const kOpNames[] = {
     "dtp_fast::philox_normal_",
     "dtp_fast::noisy_unpool_diff_philox",
     "dtp_fast::momentum_sgd_",
+    "dtp_fast::ldrl_loss",
+    "dtp_fast::linear_chain_",
     "dtp_fast::build_info",
 };
 
@@ -143,6 +145,21 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "momentum_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] bufs, "
       "float[] lr, float[] momentum, float[] weight_decay) -> ()");
+  // The L-DRL loss of a conv feedback layer (ALGORITHM.md section 5), both
+  // terms in one reduction: scale * (sum(dr_y^2) - 2 * sum(A * V)), a 0-dim
+  // tensor of V's dtype; sums accumulated in double, deterministic. A has V's
+  // shape (read in V's layout); dr_y any shape.
+  m.def("ldrl_loss(Tensor dr_y, Tensor A, Tensor V, float scale) -> Tensor");
+  // Every iteration of a precomputed chunk of a Linear feedback block, in
+  // order: V, buf (d_in, d_out), A (n, d_in, d_out), C (n, d_out, d_out),
+  // contiguous, one dtype. For k = 0 .. n - 1: G = V @ C[k];
+  // loss_k = scale * (<G, V> - 2 <A[k], V>) (V before the step);
+  // g = 2 * scale * (G - A[k]) + weight_decay * V; buf = momentum * buf + g;
+  // V = V - lr * buf. Updates V and buf in place and returns the losses of
+  // iterations loss_from .. n - 1 (shape (n - loss_from,)); 0 <= loss_from <= n.
+  m.def(
+      "linear_chain_(Tensor(a!) V, Tensor(b!) buf, Tensor A, Tensor C, float lr, "
+      "float momentum, float weight_decay, float scale, int loss_from) -> Tensor");
   m.def("build_info() -> str", &build_info);
 }
 

@@ -168,7 +168,7 @@ def _setup_namespace(monkeypatch):
 def test_setup_compiles_cuda_sources_only_in_the_cuda_build(monkeypatch):
     ns = _setup_namespace(monkeypatch)
     cuda = ns["cuda_sources_of"](ns["_sources"])
-    assert sorted(os.path.basename(p) for p in cuda) == ["bind_cuda.cpp", "ldrl.cu", "noise.cu", "sgd.cu"]
+    assert sorted(os.path.basename(p) for p in cuda) == ["bind_cuda.cpp", "chain.cu", "ldrl.cu", "noise.cu", "sgd.cu"]
     assert all(p.startswith(os.path.join("csrc", "cuda")) for p in cuda)
     cpu = ns["_sources"]("csrc/*.cpp") + ns["_sources"]("csrc/cpu/*.cpp")
     assert not any("cuda" in p for p in cpu) and os.path.join("csrc", "cpu", "fused_cpu.cpp") in cpu
@@ -292,6 +292,120 @@ def test_momentum_sgd_cpu_equals_torch_sgd(dtype):
         p = torch.zeros(2, 3, 4, 5, dtype=dtype)
         cuda_backend.fused_momentum_sgd_([p], [p.clone()], [p.contiguous(memory_format=torch.channels_last)],
                                          0.1, 0.9, 0.0)
+
+
+def _loss_case(dtype, device="cpu", seed=5, shape_r=(3, 4, 5, 6), shape_v=(4, 3, 3, 3)):
+    """dr_y (channels_last), A (NCHW) and V (channels_last): the layouts the engine hands over."""
+    g = _gen(seed)
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t  # noqa: E731
+    r = cl(torch.randn(shape_r, generator=g, dtype=dtype).to(device))
+    A = torch.randn(shape_v, generator=g, dtype=dtype).to(device)
+    V = cl(torch.randn(shape_v, generator=g, dtype=dtype).to(device))
+    return r, A, V
+
+
+def _loss_expr(r, A, V, scale):
+    """The engine's expression (AnalyticBackend.conv_loss), summed in float64."""
+    r, A, V = (t.double() for t in (r, A, V))
+    return scale * (r.pow(2).sum() - 2 * (A * V).sum())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ldrl_loss_cpu_equals_the_engine_expression(dtype):
+    require_ext()
+    r, A, V = _loss_case(dtype)
+    out = cuda_backend.fused_ldrl_loss(r, A, V, 0.3)
+    assert out.shape == () and out.dtype == dtype
+    tol = dict(rtol=1e-12, atol=0) if dtype == torch.float64 else dict(rtol=2 * torch.finfo(dtype).eps, atol=0)
+    torch.testing.assert_close(out.double(), _loss_expr(r, A, V, 0.3), **tol)
+    # any layouts: a strided dr_y, A in another layout than V, V NCHW
+    r2 = _noncontiguous_last(r)
+    for a_, v_ in [(A, V), (A.contiguous(memory_format=torch.channels_last), V.contiguous()), (A[..., :], V)]:
+        torch.testing.assert_close(cuda_backend.fused_ldrl_loss(r2, a_, v_, 0.3).double(), _loss_expr(r, A, V, 0.3),
+                                   **tol)
+    # the torch engine's hook gives the same value
+    from dtp_fast.feedback.analytic import AnalyticBackend
+    from types import SimpleNamespace
+    torch.testing.assert_close(AnalyticBackend().conv_loss(SimpleNamespace(scale=0.3), r, A, V).double(),
+                               _loss_expr(r, A, V, 0.3), rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+    # empty tensors, and the errors
+    assert cuda_backend.fused_ldrl_loss(r[:0], A[:0], V[:0], 1.0).item() == 0
+    with pytest.raises(RuntimeError, match="shape of V"):
+        cuda_backend.fused_ldrl_loss(r, A[:1], V, 1.0)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        cuda_backend.fused_ldrl_loss(r.float() if dtype == torch.float64 else r.double(), A, V, 1.0)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        cuda_backend.fused_ldrl_loss(r.half(), A.half(), V.half(), 1.0)
+
+
+def _noncontiguous_last(t):
+    big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    big[..., ::2] = t
+    return big[..., ::2]
+
+
+def _chain_case(n, d_in, d_out, dtype, device="cpu", seed=6):
+    """V, buf, A, C of a Linear chunk; C_k = dh2^T dh2 (symmetric, PSD) as the engine builds it."""
+    g = _gen(seed)
+    V = 0.3 * torch.randn(d_in, d_out, generator=g, dtype=dtype)
+    buf = 0.1 * torch.randn(d_in, d_out, generator=g, dtype=dtype)
+    A = torch.randn(n, d_in, d_out, generator=g, dtype=dtype)
+    dh2 = torch.randn(n, 4, d_out, generator=g, dtype=dtype)
+    C = dh2.transpose(1, 2) @ dh2
+    return [t.to(device) for t in (V, buf, A, C)]
+
+
+def _close_on_scale(a, b, rtol, atol):
+    """assert_close with atol relative to the largest magnitude of b."""
+    big = b.abs().max().item() if b.numel() else 0.0
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol * (1 + big))
+
+
+CHAIN_SETTINGS = [(0.05, 0.9, 0.0, 0.125), (0.1, 0.0, 1e-3, 0.5), (0.02, 0.5, 0.01, 1 / 6)]
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 1, 1), (6, 40, 10), (3, 2, 300)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_linear_chain_cpu_equals_the_engine_iterations(dtype, shape):
+    """The oracle of the persistent kernel: the engine's per-iteration expressions
+    (V @ C_k, the loss with the V before the step, momentum SGD), every loss_from."""
+    require_ext()
+    n, d_in, d_out = shape
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    for lr, mom, wd, scale in CHAIN_SETTINGS:
+        for loss_from in (0, n - 1, n, None):
+            V, buf, A, C = _chain_case(n, d_in, d_out, dtype)
+            V2, b2 = V.clone(), buf.clone()
+            A0, C0 = A.clone(), C.clone()
+            got = cuda_backend.fused_linear_chain_(V, buf, A, C, lr, mom, wd, scale, loss_from)
+            expect = cuda_backend.fused_linear_chain_ref(V2, b2, A, C, lr, mom, wd, scale, loss_from)
+            assert got.shape == (n - (n if loss_from is None else loss_from),) and got.dtype == dtype
+            # float32: V C_k summed in another order than BLAS's; compare on the scale of the values
+            for a, b in ((V, V2), (buf, b2), (got, expect)):
+                _close_on_scale(a, b, **tol)
+            _exact(A, A0)
+            _exact(C, C0)  # inputs only
+
+
+def test_linear_chain_cpu_edge_cases_and_errors():
+    require_ext()
+    V, buf, A, C = _chain_case(3, 4, 2, torch.float64)
+    V0 = V.clone()
+    out = cuda_backend.fused_linear_chain_(V, buf, A[:0], C[:0], 0.1, 0.9, 0.0, 1.0, 0)
+    assert out.shape == (0,)
+    _exact(V, V0)
+    with pytest.raises(RuntimeError, match="loss_from must be in"):
+        cuda_backend.fused_linear_chain_(V, buf, A, C, 0.1, 0.9, 0.0, 1.0, 4)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        cuda_backend.fused_linear_chain_(V.t().contiguous().t(), buf, A, C, 0.1, 0.9, 0.0, 1.0, 0)
+    with pytest.raises(RuntimeError, match="C must be"):
+        cuda_backend.fused_linear_chain_(V, buf, A, C[:2], 0.1, 0.9, 0.0, 1.0, 0)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        cuda_backend.fused_linear_chain_(V, buf.float(), A, C, 0.1, 0.9, 0.0, 1.0, 0)
+    # the fake (meta) kernels give the shapes
+    meta = [t.to("meta") for t in (V, buf, A, C)]
+    assert torch.ops.dtp_fast.linear_chain_(*meta, 0.1, 0.9, 0.0, 1.0, 1).shape == (2,)
+    assert torch.ops.dtp_fast.ldrl_loss(meta[2], meta[0], meta[0], 1.0).shape == ()
 
 
 # =========================================================================== on a GPU
@@ -478,11 +592,89 @@ def test_momentum_sgd_cuda(dtype):
         torch.testing.assert_close(a, b, rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
 
 
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("sizes", [((3, 4, 5, 6), (4, 3, 3, 3)), ((128, 64, 16, 16), (64, 32, 3, 3)),
+                                   ((2, 1, 1, 1), (1, 1, 1, 1)), ((513, 4099), (7, 5))])
+def test_ldrl_loss_cuda_equals_cpu_and_is_deterministic(dtype, sizes):
+    """Both terms in one two-pass reduction (float64 sums): the CPU oracle's value, the same bits on
+    every run (no atomics), also with more elements than the kernel's 1024 partial blocks cover."""
+    shape_r, shape_v = sizes
+    r, A, V = _loss_case(dtype, shape_r=shape_r, shape_v=shape_v)
+    cpu = cuda_backend.fused_ldrl_loss(r, A, V, 0.3)
+    rd, Ad, Vd = r.cuda(), A.cuda(), V.cuda()
+    out = cuda_backend.fused_ldrl_loss(rd, Ad, Vd, 0.3)
+    assert out.device.type == "cuda" and out.shape == () and out.dtype == dtype
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2 * torch.finfo(dtype).eps, atol=0)
+    torch.testing.assert_close(out.cpu(), cpu, **tol)
+    for _ in range(3):
+        _exact(cuda_backend.fused_ldrl_loss(rd, Ad, Vd, 0.3), out)
+    # other layouts of A and dr_y
+    _exact(cuda_backend.fused_ldrl_loss(_noncontiguous_last(rd), Ad, Vd, 0.3),
+           cuda_backend.fused_ldrl_loss(rd.contiguous(), Ad, Vd, 0.3))
+    torch.testing.assert_close(out.double(), _loss_expr(rd, Ad, Vd, 0.3), rtol=1e-5 if dtype == torch.float32
+                               else 1e-12, atol=1e-6)
+    with pytest.raises(RuntimeError, match="same CUDA device"):
+        cuda_backend.fused_ldrl_loss(r, Ad, Vd, 0.3)
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(20, 512, 10), (5, 7, 3), (3, 2, 1500), (4, 3000, 1), (1, 1, 1)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_linear_chain_cuda_equals_cpu(dtype, shape):
+    """The persistent kernel against its CPU oracle: V C_k in the same order with separately
+    rounded products and sums (-fmad=false on both sides), float64 loss sums; deterministic."""
+    n, d_in, d_out = shape
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for lr, mom, wd, scale in CHAIN_SETTINGS:
+        for loss_from in (0, n - 1, n):
+            V, buf, A, C = _chain_case(n, d_in, d_out, dtype)
+            Vd, bd, Ad, Cd = (t.cuda() for t in (V, buf, A, C))
+            got = cuda_backend.fused_linear_chain_(Vd, bd, Ad, Cd, lr, mom, wd, scale, loss_from)
+            expect = cuda_backend.fused_linear_chain_(V, buf, A, C, lr, mom, wd, scale, loss_from)
+            for a, b in ((Vd, V), (bd, buf), (got, expect)):
+                _close_on_scale(a.cpu(), b, **tol)
+            # and the engine's torch expressions on the GPU
+            V2, b2 = (t.cuda() for t in _chain_case(n, d_in, d_out, dtype)[:2])
+            ref = cuda_backend.fused_linear_chain_ref(V2, b2, Ad, Cd, lr, mom, wd, scale, loss_from)
+            loose = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+            for a, b in ((Vd, V2), (got, ref)):
+                _close_on_scale(a, b, **loose)
+            # the same bits on a second run
+            V3, b3 = (t.cuda() for t in _chain_case(n, d_in, d_out, dtype)[:2])
+            _exact(cuda_backend.fused_linear_chain_(V3, b3, Ad, Cd, lr, mom, wd, scale, loss_from), got)
+            _exact(V3, Vd)
+
+
+@gpu
+def test_cuda_chain_ops_are_graph_capturable():
+    V, buf, A, C = (t.cuda() for t in _chain_case(6, 40, 10, torch.float32))
+    r, Al, Vl = _loss_case(torch.float32, "cuda")
+    V0, b0 = V.clone(), buf.clone()
+    expect_chain = cuda_backend.fused_linear_chain_(V.clone(), buf.clone(), A, C, 0.1, 0.9, 0.0, 0.5, 0)
+    expect_loss = cuda_backend.fused_ldrl_loss(r, Al, Vl, 0.3)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        cuda_backend.fused_ldrl_loss(r, Al, Vl, 0.3)  # warm up on the side stream
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, stream=stream):
+            V.copy_(V0)
+            buf.copy_(b0)
+            losses = cuda_backend.fused_linear_chain_(V, buf, A, C, 0.1, 0.9, 0.0, 0.5, 0)
+            loss = cuda_backend.fused_ldrl_loss(r, Al, Vl, 0.3)
+    graph.replay()
+    torch.cuda.synchronize()
+    _exact(losses, expect_chain)
+    _exact(loss, expect_loss)
+
+
 # ----------------------------------------------------------------- the backend against reference
 from test_backends import _net  # noqa: E402  (conv_0, conv_1 under test, fc_0, fc_1)
 
 
-def _train(net, x, cfg, backend, noise, budget="default", steps=2, noncontig=False):
+def _train(net, x, cfg, backend, noise, budget="default", steps=2, noncontig=False, report="all"):
     net = copy.deepcopy(net)
     state = FeedbackState()
     losses = []
@@ -490,7 +682,7 @@ def _train(net, x, cfg, backend, noise, budget="default", steps=2, noncontig=Fal
         acts, sw = net.activations(x)
         if noncontig:
             acts = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in acts]
-        losses.append(train_feedback(net, acts, sw, cfg, state, noise, 5 + s, backend=backend, report="all",
+        losses.append(train_feedback(net, acts, sw, cfg, state, noise, 5 + s, backend=backend, report=report,
                                      memory_budget=budget))
     return net, state, losses
 
@@ -503,10 +695,13 @@ def _assert_same(ref, fast, dtype):
         torch.testing.assert_close(st_fast.buffers[f"{name}.weight"], st_ref.buffers[f"{name}.weight"], **tol)
     for a, b in zip(l_ref, l_fast):
         for name in a:
-            assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=tol["rtol"] * 10, abs=1e-6)
+            if a[name]["loss"] is None:
+                assert b[name]["loss"] is None
+            else:
+                assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=tol["rtol"] * 10, abs=1e-6)
 
 
-def _train_direct(backend, net, x, cfg, noise, budget, steps=2):
+def _train_direct(backend, net, x, cfg, noise, budget, steps=2, report="all", reduce=None):
     """``backend.train`` called directly (no availability check)."""
     net = copy.deepcopy(net)
     state = FeedbackState()
@@ -514,8 +709,21 @@ def _train_direct(backend, net, x, cfg, noise, budget, steps=2):
     for s in range(steps):
         acts, sw = net.activations(x)
         losses.append(backend.train(net, [a.detach() for a in acts], sw, cfg.resolve(net.feedback_names), state,
-                                    noise, 5 + s, "all", memory_budget=budget))
+                                    noise, 5 + s, report, memory_budget=budget, reduce=reduce))
     return net, state, losses
+
+
+class _Calls:
+    """Counts the calls of the cuda backend's fused ops (CPU kernels here) while a test runs."""
+
+    def __init__(self, monkeypatch):
+        self.sgd, self.chain, self.loss = [], [], []
+        for name, log, size in (("fused_momentum_sgd_", self.sgd, lambda a: len(a[0])),
+                                ("fused_linear_chain_", self.chain, lambda a: tuple(a[2].shape)),
+                                ("fused_ldrl_loss", self.loss, lambda a: tuple(a[2].shape))):
+            real = getattr(cuda_backend, name)
+            monkeypatch.setattr(cuda_backend, name,
+                                lambda *a, _r=real, _l=log, _s=size: (_l.append(_s(a)), _r(*a))[1])
 
 
 @pytest.mark.parametrize("case", ["conv3x3-pool2", "conv5x5-pool3/2/1", "tanh-odd"])
@@ -532,15 +740,18 @@ def test_cuda_backend_logic_with_the_cpu_kernels(case, dtype):
     cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2,
                          weight_decay=1e-3)
     backend = cuda_backend.CudaBackend(threads=1)
-    calls = []
-    real = cuda_backend.fused_momentum_sgd_
     monkey = pytest.MonkeyPatch()
-    monkey.setattr(cuda_backend, "fused_momentum_sgd_", lambda *a: (calls.append(len(a[0])), real(*a)))
+    calls = _Calls(monkey)
     try:
         fast = _train_direct(backend, net, x, cfg, CounterNoise(3), None)
     finally:
         monkey.undo()
-    assert calls[:5] == [3, 3, 3, 2, 1] and len(calls) == 10  # one update per iteration, all layers at once
+    # conv_1: one update per iteration (4) and one fused loss each; fc_0 and fc_1 (Linear): one
+    # persistent linear_chain_ call per chunk (here the whole feedback phase), per step
+    fc0, fc1 = (net.blocks[n].g_op.weight.shape for n in ("fc_0", "fc_1"))
+    assert calls.sgd == [1] * 8
+    assert calls.chain == [(3, *fc0), (5, *fc1)] * 2
+    assert calls.loss == [tuple(net.blocks["conv_1"].g_op.weight.shape)] * 8
     ref = _train(net, x, cfg, "reference", CounterNoise(3), None)
     _assert_same(ref, fast, dtype)
     # with explicit noise (the materialising path) and chunks of one iteration
@@ -552,6 +763,50 @@ def test_cuda_backend_logic_with_the_cpu_kernels(case, dtype):
     one = minimum_memory_budget(net.block_list()[1:], cfg.resolve(net.feedback_names), 3, x.element_size())
     _assert_same(_train(net, x, cfg, "reference", noise, None), _train_direct(backend, net, x, cfg, noise, one),
                  dtype)
+
+
+@pytest.mark.parametrize("report", ["last", "none"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_backend_reports_with_the_cpu_kernels(dtype, report, monkeypatch):
+    """report='last' / 'none' through the persistent Linear chain (loss_from) and the fused conv loss,
+    with chunks of one and of several iterations."""
+    require_ext()
+    torch.manual_seed(2)
+    net = _net(kernel=3, pool=(3, 2, 1)).to(dtype)
+    x = torch.randn(2, *net.in_shape, dtype=dtype)
+    cfg = FeedbackConfig(iterations=[3, 6, 4], lr=[0.05, 0.1, 0.1], noise=0.2, samples=2, momentum=0.5)
+    from dtp_fast.feedback.analytic import minimum_memory_budget
+    one = minimum_memory_budget(net.block_list()[1:], cfg.resolve(net.feedback_names), 2, x.element_size())
+    backend = cuda_backend.CudaBackend(threads=1)
+    for budget in (None, one, 3 * one):
+        calls = _Calls(monkeypatch)
+        fast = _train_direct(backend, net, x, cfg, CounterNoise(4), budget, report=report)
+        assert calls.chain and len(calls.loss) == (2 if report == "last" else 0)
+        ref = _train(net, x, cfg, "reference", CounterNoise(4), None, report=report)
+        _assert_same(ref, fast, dtype)
+        for a, b in zip(ref[2], fast[2]):
+            for name in a:
+                assert (a[name]["loss"] is None) == (b[name]["loss"] is None) == (report == "none")
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_backend_with_a_reduce_hook_keeps_one_bucket_per_iteration(dtype, monkeypatch):
+    """Data-parallel runs: with a reduce hook the Linear layers stay in the engine's loop (no
+    persistent chain), so every iteration all-reduces one bucket of every layer's gradient."""
+    require_ext()
+    torch.manual_seed(3)
+    net = _net().to(dtype)
+    x = torch.randn(3, *net.in_shape, dtype=dtype)
+    cfg = FeedbackConfig(iterations=[4, 3, 5], lr=0.05, noise=0.2, samples=2)
+    calls = _Calls(monkeypatch)
+    buckets = []
+    fast = _train_direct(cuda_backend.CudaBackend(threads=1), net, x, cfg, CounterNoise(3), None,
+                         reduce=lambda ts: buckets.append(len(ts)))
+    assert calls.chain == []
+    assert calls.sgd == [3, 3, 3, 2, 1] * 2  # all layers stepping at iteration k in one update
+    assert buckets == [6, 6, 6, 4, 2] * 2     # per iteration: every active layer's gradient and loss
+    _assert_same(_train(net, x, cfg, "reference", CounterNoise(3), None), fast, dtype)
 
 
 @gpu

@@ -85,5 +85,37 @@ constexpr int kSgdMaxTensors = 24;  // per launch (kernel-argument space)
 template <typename T>
 cudaError_t launch_momentum_sgd(const SgdTensor* tensors, int count, cudaStream_t stream);
 
+// L-DRL loss of a conv layer (dtp_fast::ldrl_loss): out[0] = scale * (sum(r^2)
+// - 2 * sum(a * v)), r with n_r elements, a and v with n_v (read in one
+// layout), both sums accumulated in double, in two passes: a fixed grid of
+// blocks (a function of the sizes only) writes per-block partial sums to
+// `partials` (2 * ldrl_loss_blocks(...) doubles, overwritten), then one block
+// adds them in a fixed order. No atomics: the result is deterministic.
+int ldrl_loss_blocks(int64_t n_r, int64_t n_v);
+template <typename T>
+cudaError_t launch_ldrl_loss(const T* r, int64_t n_r, const T* a, const T* v, int64_t n_v, double scale, T* out,
+                             double* partials, cudaStream_t stream);
+
+// Every iteration of a chunk of a Linear feedback block in one launch
+// (dtp_fast::linear_chain_). V, buf: (d_in, d_out); A: (n, d_in, d_out);
+// C: (n, d_out, d_out); all contiguous. For k = 0 .. n - 1:
+//   G = V C_k (each element sum_r V[i, r] C_k[r, j] accumulated in T, r in order);
+//   loss_k = scale * (<G, V> - 2 <A_k, V>) (V before the step; double sums) for k >= loss_from;
+//   g = (G - A_k) * grad_scale (+ weight_decay * V); buf = momentum * buf + g; V = V - lr * buf.
+// Rows of V are independent (row i of V C_k needs row i of V only): each block
+// owns linear_chain_rows(...) rows for all iterations; the loss partials of
+// every (iteration, block) go to `partials` (2 * (n - loss_from) * blocks
+// doubles) and a second kernel adds them in block order into losses[k - loss_from].
+// `G` is scratch of d_in * d_out elements.
+struct LinearChainArgs {
+  int64_t n, d_in, d_out, loss_from;
+  double lr, momentum, weight_decay, grad_scale, loss_scale;
+};
+int64_t linear_chain_rows(int64_t d_in, int64_t d_out);
+int linear_chain_blocks(int64_t d_in, int64_t d_out);
+template <typename T>
+cudaError_t launch_linear_chain(T* V, T* buf, const T* A, const T* C, T* G, T* losses, double* partials,
+                                const LinearChainArgs& a, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace dtp_fast

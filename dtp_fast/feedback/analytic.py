@@ -190,12 +190,12 @@ class _Layer:
         V, A = self.Vw, self.A[j]
         if self.linear:
             quad = V @ self.C[j]                   # wgrad(dh2, V dh2)
-            sq = (quad * V).sum() if want_loss else None
+            if want_loss:
+                self.losses.append(self.scale * ((quad * V).sum() - 2 * (A * V).sum()))
         else:
             dr_y, quad = self.engine.conv_chain(self, self.stored[j])
-            sq = dr_y.pow(2).sum() if want_loss else None
-        if want_loss:
-            self.losses.append(self.scale * (sq - 2 * (A * V).sum()))
+            if want_loss:
+                self.losses.append(self.engine.conv_loss(self, dr_y, A, V))
         return quad.sub_(A).mul_(2 * self.scale)
 
     def apply(self, grad: torch.Tensor, k: int) -> None:
@@ -313,6 +313,11 @@ class AnalyticBackend:
         """``dr_y = V * dh2`` and ``wgrad(dh2, dr_y)`` of one iteration."""
         dr_y = layer._conv_t(dh2)
         return dr_y, layer._wgrad(dh2, dr_y)
+
+    def conv_loss(self, layer, dr_y, A, V):
+        """The loss of one iteration of a conv layer, ``scale * (||dr_y||^2 - 2 <A_k, V>)`` (a 0-dim
+        tensor; a hook: the ``cuda`` backend makes it one fused reduction)."""
+        return layer.scale * (dr_y.pow(2).sum() - 2 * (A * V).sum())
 
     def dh1(self, block, x_noisy, h0):
         """``h(F(x + dx)) - h0`` for a batch of noisy inputs (M*B, ...) and h0 (B, ...)."""

@@ -9,12 +9,25 @@ drawn in the kernel from the counter-based stream, so it is never stored).
 The input noise dx and the noise of unpooled blocks are drawn by the CUDA
 ``philox_normal_`` kernel. Both give the values of :class:`~dtp_fast.noise.CounterNoise`
 on any device (the same Philox stream), so this backend and ``reference``
-see the same noise. Convolutions (cuDNN) and the sequential chain are the
-``torch`` engine's.
+see the same noise. Convolutions (cuDNN) are the ``torch`` engine's.
 
-The momentum steps of all layers stepping in a feedback iteration run as one
-launch of the multi-tensor ``momentum_sgd_`` kernel (:meth:`CudaBackend.step_layers`,
-called by the engine's interleaved loop).
+The sequential chain:
+
+- Linear feedback blocks: C_k and A_k of a precomputed chunk by batched matrix
+  products (the engine's), then every iteration of the chunk in one persistent
+  launch of ``linear_chain_`` (V C_k, momentum SGD, the loss when reported;
+  :meth:`CudaBackend.run_interleaved`).
+- Conv feedback blocks, layers interleaved by the engine: the transposed
+  convolution and weight gradient (cuDNN), the loss when reported as one fused
+  two-pass reduction of both terms per layer (``ldrl_loss``,
+  :meth:`CudaBackend.conv_loss`), and the momentum steps of all layers stepping
+  in an iteration as one launch of the multi-tensor ``momentum_sgd_`` kernel
+  (:meth:`CudaBackend.step_layers`).
+
+With a ``reduce`` hook (data-parallel runs) Linear blocks run iteration by
+iteration in the engine's loop, so every process all-reduces one bucket per
+iteration in the same order. The reductions use no float atomics: results do
+not depend on scheduling.
 """
 from __future__ import annotations
 
@@ -25,11 +38,12 @@ from ..noise import CounterNoise, NoiseBlock, philox_normal
 from .analytic import AnalyticBackend
 from .engine import register_backend
 
-__all__ = ["CudaBackend", "fused_momentum_sgd_", "noisy_unpool_diff_philox", "noisy_unpool_diff_philox_ref",
-           "CUDA_OPS", "cuda_kernels_problem"]
+__all__ = ["CudaBackend", "fused_ldrl_loss", "fused_linear_chain_", "fused_linear_chain_ref", "fused_momentum_sgd_",
+           "noisy_unpool_diff_philox", "noisy_unpool_diff_philox_ref", "CUDA_OPS", "cuda_kernels_problem"]
 
 #: The ops with a CUDA kernel in a CUDA build of dtp_fast._C.
-CUDA_OPS = ("philox_normal_", "pool_unpool_diff", "noisy_unpool_diff", "noisy_unpool_diff_philox", "momentum_sgd_")
+CUDA_OPS = ("philox_normal_", "pool_unpool_diff", "noisy_unpool_diff", "noisy_unpool_diff_philox", "momentum_sgd_",
+            "ldrl_loss", "linear_chain_")
 
 _DTYPES = (torch.float32, torch.float64)  # of the kernels; other dtypes take the torch engine's path
 _HOW = ("rebuild dtp_fast with the CUDA toolkit (nvcc): `CUDA_HOME=/usr/local/cuda pip install "
@@ -121,6 +135,48 @@ def fused_momentum_sgd_(params, grads, bufs, lr, momentum, weight_decay) -> None
                                      per(weight_decay))
 
 
+def _need_ext(op: str) -> None:
+    if not _ext.available():
+        raise RuntimeError("%s needs the compiled ops: %s" % (op, _ext.load_error()))
+
+
+def fused_ldrl_loss(dr_y, A, V, scale: float) -> torch.Tensor:
+    """``scale * (sum(dr_y^2) - 2 sum(A * V))`` in one fused, deterministic reduction (sums in
+    float64), a 0-dim tensor of V's dtype. Compiled op (CPU oracle or CUDA kernel)."""
+    _need_ext("ldrl_loss")
+    return torch.ops.dtp_fast.ldrl_loss(dr_y, A, V, float(scale))
+
+
+def fused_linear_chain_(V, buf, A, C, lr: float, momentum: float, weight_decay: float, scale: float,
+                        loss_from: int | None = None) -> torch.Tensor:
+    """Every iteration k of a chunk of a Linear feedback block in one call (one CUDA launch):
+    ``G = V @ C[k]``; the loss ``scale * (<G, V> - 2 <A[k], V>)`` for k >= ``loss_from`` (None:
+    no loss); ``g = 2 scale (G - A[k]) + weight_decay V``; ``buf = momentum buf + g``;
+    ``V -= lr buf``. V, buf (d_in, d_out) are updated in place; A (n, d_in, d_out), C (n, d_out,
+    d_out); all contiguous. Returns the losses of iterations loss_from .. n - 1."""
+    _need_ext("linear_chain_")
+    n = A.shape[0]
+    return torch.ops.dtp_fast.linear_chain_(V, buf, A, C, float(lr), float(momentum), float(weight_decay),
+                                            float(scale), n if loss_from is None else int(loss_from))
+
+
+def fused_linear_chain_ref(V, buf, A, C, lr, momentum, weight_decay, scale, loss_from=None) -> torch.Tensor:
+    """:func:`fused_linear_chain_` in plain PyTorch (any device): the engine's per-iteration expressions."""
+    n = A.shape[0]
+    loss_from = n if loss_from is None else loss_from
+    losses = []
+    for k in range(n):
+        G = V @ C[k]
+        if k >= loss_from:
+            losses.append(scale * ((G * V).sum() - 2 * (A[k] * V).sum()))
+        grad = G.sub_(A[k]).mul_(2 * scale)
+        if weight_decay:
+            grad.add_(V, alpha=weight_decay)
+        buf.mul_(momentum).add_(grad)
+        V.add_(buf, alpha=-lr)
+    return torch.stack(losses) if losses else V.new_zeros(0)
+
+
 class CudaBackend(AnalyticBackend):
     name = "cuda"
 
@@ -172,6 +228,41 @@ class CudaBackend(AnalyticBackend):
         return ops.noisy_unpool_diff(y, e, sigma, switches, h0, block.act, size, impl="compiled")
 
     # ------------------------------------------------------------------ the chain
+    def run_interleaved(self, layers, report: str, reduce=None) -> None:
+        """Linear layers: every iteration of a chunk in one ``linear_chain_`` launch; the others
+        interleaved by the engine. Layers are independent, so the order between them does not
+        matter; with ``reduce`` everything runs in the engine's loop (one bucket per iteration)."""
+        if reduce is not None:
+            return super().run_interleaved(layers, report, reduce)
+        fused = [lay for lay in layers if lay.linear and lay.hp.iterations and lay.Vw.dtype in _DTYPES]
+        for lay in fused:
+            self._run_linear(lay, report)
+        super().run_interleaved([lay for lay in layers if all(lay is not f for f in fused)], report, None)
+
+    def _run_linear(self, lay, report: str) -> None:
+        """All iterations of a Linear layer, one persistent launch per precomputed chunk."""
+        iters, k = lay.hp.iterations, 0
+        while k < iters:
+            lay._prepare(k)
+            n = lay.held
+            if report == "all":
+                loss_from = 0
+            elif report == "last" and k + n == iters:
+                loss_from = n - 1
+            else:
+                loss_from = n
+            losses = fused_linear_chain_(lay.Vw, lay.bufw, lay.A.contiguous(), lay.C.contiguous(), lay.hp.lr,
+                                         lay.hp.momentum, lay.hp.weight_decay, lay.scale, loss_from)
+            lay.losses.extend(losses.unbind(0))
+            k += n
+            lay.next_k = k
+
+    def conv_loss(self, layer, dr_y, A, V):
+        """Both terms of a conv layer's loss in one fused reduction (``ldrl_loss``)."""
+        if V.dtype not in _DTYPES:
+            return super().conv_loss(layer, dr_y, A, V)
+        return fused_ldrl_loss(dr_y, A, V, layer.scale)
+
     def step_layers(self, layers, grads, k: int) -> None:
         """The momentum-SGD steps of iteration k of several layers (the engine's ``_Layer``
         objects, with their gradients) in one fused launch; the same update as ``_Layer.apply``."""
