@@ -138,6 +138,21 @@ class _Layer:
         for k in range(self.start, self.start + self.held):
             self.iterate(k, report == "all" or (report == "last" and k == self.hp.iterations - 1))
 
+    def chunks(self, report: str):
+        """Precompute the layer's chunks in turn, for backends that run a whole chunk in one
+        kernel; yields ``(k0, n, loss_from)``: the chunk's iterations ``k0 .. k0 + n - 1`` and
+        the position in it of the first iteration whose loss is reported (``n``: none)."""
+        iters, k = self.hp.iterations, 0
+        while k < iters:
+            self._prepare(k)
+            n = self.held
+            if report == "all":
+                yield k, n, 0
+            else:
+                yield k, n, n - 1 if report == "last" and k + n == iters else n
+            k += n
+            self.next_k = k
+
     def finish(self) -> None:
         self.V.copy_(self.Vw)
         self.buf.copy_(self.bufw)

@@ -241,21 +241,10 @@ class CudaBackend(AnalyticBackend):
 
     def _run_linear(self, lay, report: str) -> None:
         """All iterations of a Linear layer, one persistent launch per precomputed chunk."""
-        iters, k = lay.hp.iterations, 0
-        while k < iters:
-            lay._prepare(k)
-            n = lay.held
-            if report == "all":
-                loss_from = 0
-            elif report == "last" and k + n == iters:
-                loss_from = n - 1
-            else:
-                loss_from = n
+        for _, _, loss_from in lay.chunks(report):
             losses = fused_linear_chain_(lay.Vw, lay.bufw, lay.A.contiguous(), lay.C.contiguous(), lay.hp.lr,
                                          lay.hp.momentum, lay.hp.weight_decay, lay.scale, loss_from)
             lay.losses.extend(losses.unbind(0))
-            k += n
-            lay.next_k = k
 
     def conv_loss(self, layer, dr_y, A, V):
         """Both terms of a conv layer's loss in one fused reduction (``ldrl_loss``)."""

@@ -224,22 +224,11 @@ class TritonBackend(AnalyticBackend):
         """All iterations of a Linear layer, one persistent launch per precomputed chunk."""
         from ..kernels.chain import linear_chain_
 
-        iters, k = lay.hp.iterations, 0
         scratch = torch.empty_like(lay.Vw)
-        while k < iters:
-            lay._prepare(k)
-            n = lay.held
-            if report == "all":
-                loss_from = 0
-            elif report == "last" and k + n == iters:
-                loss_from = n - 1
-            else:
-                loss_from = n
+        for k, n, loss_from in lay.chunks(report):
             linear_chain_(lay.Vw, lay.bufw, lay.A.contiguous(), lay.C.contiguous(), scalars, losses[k:k + n],
                           loss_from, scratch=scratch)
-            k += n
-        lay.losses.extend(losses[k] for k in range(iters) if self._wanted(report, lay, k))
-        lay.next_k = iters
+        lay.losses.extend(losses[k] for k in range(lay.hp.iterations) if self._wanted(report, lay, k))
 
     def _conv_step(self, k: int, layers, conv, table, losses, report: str, prepare: bool) -> None:
         """Iteration k of every conv layer still running: transposed conv, weight gradient, the
