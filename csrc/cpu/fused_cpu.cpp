@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../chain_args.h"
 #include "../philox.h"
 #include "../pool_act.h"
 
@@ -145,11 +146,8 @@ at::Tensor ldrl_loss_cpu(const at::Tensor& dr_y, const at::Tensor& A, const at::
                 t->scalar_type(), " and ", V.scalar_type());
     TORCH_CHECK(t->device().is_cpu(), op, ": expected CPU tensors, got one on ", t->device());
   }
-  TORCH_CHECK(A.sizes() == V.sizes(), op, ": A must have the shape of V, got ", A.sizes(), " and ", V.sizes());
-  const at::Tensor r = dr_y.is_non_overlapping_and_dense() ? dr_y : dr_y.contiguous();
-  const at::Tensor v = V.is_non_overlapping_and_dense() ? V : V.contiguous();
-  const at::Tensor a = (A.strides() == v.strides() && A.is_non_overlapping_and_dense()) ? A
-                                                                                         : at::empty_like(v).copy_(A);
+  at::Tensor r, a, v;  // (not a structured binding: lambdas below capture them, C++17)
+  std::tie(r, a, v) = ldrl_loss_operands(dr_y, A, V);
   at::Tensor out = at::empty({}, V.options());
   AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "dtp_fast_ldrl_loss_cpu", [&] {
     const scalar_t* rp = r.const_data_ptr<scalar_t>();
@@ -170,23 +168,15 @@ at::Tensor ldrl_loss_cpu(const at::Tensor& dr_y, const at::Tensor& A, const at::
 at::Tensor linear_chain_cpu(at::Tensor& V, at::Tensor& buf, const at::Tensor& A, const at::Tensor& C, double lr,
                             double momentum, double weight_decay, double scale, int64_t loss_from) {
   constexpr const char* op = "dtp_fast::linear_chain_";
-  TORCH_CHECK(V.dim() == 2, op, ": V must be (d_in, d_out), got shape ", V.sizes());
+  const int64_t n = check_linear_chain_shapes(V, buf, A, C, loss_from);
   const int64_t d_in = V.size(0), d_out = V.size(1);
-  TORCH_CHECK(A.dim() == 3 && A.size(1) == d_in && A.size(2) == d_out, op, ": A must be (n, ", d_in, ", ", d_out,
-              "), got shape ", A.sizes());
-  const int64_t n = A.size(0);
-  TORCH_CHECK(C.dim() == 3 && C.size(0) == n && C.size(1) == d_out && C.size(2) == d_out, op, ": C must be (", n,
-              ", ", d_out, ", ", d_out, "), got shape ", C.sizes());
-  TORCH_CHECK(buf.sizes() == V.sizes(), op, ": buf must have the shape of V, got ", buf.sizes());
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&V, &buf, &A, &C}) {
     TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, op,
                 ": float32 or float64 only, got ", t->scalar_type());
     TORCH_CHECK(t->scalar_type() == V.scalar_type(), op, ": V, buf, A and C must have one dtype, got ",
                 t->scalar_type(), " and ", V.scalar_type());
     TORCH_CHECK(t->device().is_cpu(), op, ": expected CPU tensors, got one on ", t->device());
-    TORCH_CHECK(t->is_contiguous(), op, ": V, buf, A and C must be contiguous");
   }
-  TORCH_CHECK(loss_from >= 0 && loss_from <= n, op, ": loss_from must be in [0, n] = [0, ", n, "], got ", loss_from);
   at::Tensor losses = at::empty({n - loss_from}, V.options());
   if (n == 0 || V.numel() == 0) return losses.zero_();
   AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "dtp_fast_linear_chain_cpu", [&] {

@@ -15,6 +15,7 @@
 #include <initializer_list>
 #include <vector>
 
+#include "../chain_args.h"
 #include "../pool_act.h"
 #include "kernels.h"
 
@@ -248,13 +249,9 @@ at::Tensor ldrl_loss_cuda(const at::Tensor& dr_y, const at::Tensor& A, const at:
   check_same_device(op, "A", A, V);
   check_same_dtype(op, "dr_y", dr_y, "V", V);
   check_same_dtype(op, "A", A, "V", V);
-  TORCH_CHECK(A.sizes() == V.sizes(), op, ": A must have the shape of V, got ", A.sizes(), " and ", V.sizes());
   const c10::cuda::CUDAGuard guard(V.device());
-  // dr_y dense in any layout (else made contiguous); A read in V's layout
-  const at::Tensor r = dr_y.is_non_overlapping_and_dense() ? dr_y : dr_y.contiguous();
-  const at::Tensor v = V.is_non_overlapping_and_dense() ? V : V.contiguous();
-  const at::Tensor a = (A.strides() == v.strides() && A.is_non_overlapping_and_dense()) ? A
-                                                                                         : at::empty_like(v).copy_(A);
+  at::Tensor r, a, v;  // (not a structured binding: lambdas below capture them, C++17)
+  std::tie(r, a, v) = ldrl_loss_operands(dr_y, A, V);
   at::Tensor out = at::empty({}, V.options());
   const int blocks = cuda::ldrl_loss_blocks(r.numel(), v.numel());
   at::Tensor partials = at::empty({2 * int64_t{blocks}}, V.options().dtype(at::kDouble));
@@ -272,22 +269,14 @@ at::Tensor ldrl_loss_cuda(const at::Tensor& dr_y, const at::Tensor& A, const at:
 at::Tensor linear_chain_cuda(at::Tensor& V, at::Tensor& buf, const at::Tensor& A, const at::Tensor& C, double lr,
                              double momentum, double weight_decay, double scale, int64_t loss_from) {
   constexpr const char* op = "dtp_fast::linear_chain_";
-  TORCH_CHECK(V.dim() == 2, op, ": V must be (d_in, d_out), got shape ", V.sizes());
+  const int64_t n = check_linear_chain_shapes(V, buf, A, C, loss_from);
   const int64_t d_in = V.size(0), d_out = V.size(1);
-  TORCH_CHECK(A.dim() == 3 && A.size(1) == d_in && A.size(2) == d_out, op, ": A must be (n, ", d_in, ", ", d_out,
-              "), got shape ", A.sizes());
-  const int64_t n = A.size(0);
-  TORCH_CHECK(C.dim() == 3 && C.size(0) == n && C.size(1) == d_out && C.size(2) == d_out, op, ": C must be (", n,
-              ", ", d_out, ", ", d_out, "), got shape ", C.sizes());
-  TORCH_CHECK(buf.sizes() == V.sizes(), op, ": buf must have the shape of V, got ", buf.sizes());
   TORCH_CHECK(V.is_cuda(), op, ": expected CUDA tensors, got V on ", V.device());
   check_float_cuda(op, "V", V);
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&V, &buf, &A, &C}) {
     check_same_device(op, "a tensor", *t, V);
     check_same_dtype(op, "a tensor", *t, "V", V);
-    TORCH_CHECK(t->is_contiguous(), op, ": V, buf, A and C must be contiguous");
   }
-  TORCH_CHECK(loss_from >= 0 && loss_from <= n, op, ": loss_from must be in [0, n] = [0, ", n, "], got ", loss_from);
   TORCH_CHECK(d_in * d_out < (int64_t{1} << 40), op, ": V too large");
   const c10::cuda::CUDAGuard guard(V.device());
   at::Tensor losses = at::empty({n - loss_from}, V.options());
