@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from .utils import cpu_name
 from .utils import positive_int as _positive_int
 
 __all__ = ["add_arguments", "run", "main", "BenchError", "build_net", "scale_width", "peak_memory"]
@@ -142,21 +143,10 @@ def build_net(name: str, width: float, seed: int):
 
 
 # ---------------------------------------------------------------------------- machine
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return _cpu_name()
+    return cpu_name()
 
 
 def _load_average():

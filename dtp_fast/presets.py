@@ -39,16 +39,18 @@ def simple_vgg(in_shape=(3, 32, 32), num_classes: int = 10, channels: Sequence[i
     return from_sequential(seq, in_shape, names=[f"conv_{i}" for i in range(len(channels))] + ["fc"])
 
 
-def lenet(in_shape=(3, 32, 32), num_classes: int = 10, channels: Sequence[int] = (32, 64), hidden: int = 512) -> DTPNet:
-    """LeNet of the paper: 2 x [conv5x5 -> ELU -> maxpool(3, 2, 1)], fc1 (ELU), fc2."""
+def lenet(in_shape=(3, 32, 32), num_classes: int = 10, channels: Sequence[int] = (32, 64), hidden: int = 512,
+          bias: bool = True) -> DTPNet:
+    """LeNet of the paper: 2 x [conv5x5 -> ELU -> maxpool(3, 2, 1)], fc1 (ELU), fc2; ``bias=False``: the
+    forward layers without biases (the paper's theory checks)."""
     layers, c = [], in_shape[0]
     for ch in channels:
-        layers += [nn.Conv2d(c, ch, 5, padding=2), nn.ELU(), nn.MaxPool2d(3, 2, 1)]
+        layers += [nn.Conv2d(c, ch, 5, padding=2, bias=bias), nn.ELU(), nn.MaxPool2d(3, 2, 1)]
         c = ch
     h, w = in_shape[1], in_shape[2]
     for _ in channels:
         h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ELU(), nn.Linear(hidden, num_classes)]
+    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden, bias=bias), nn.ELU(), nn.Linear(hidden, num_classes, bias=bias)]
     names = [f"conv_{i}" for i in range(len(channels))] + ["fc1", "fc2"]
     return from_sequential(nn.Sequential(*layers), in_shape, names=names)
 

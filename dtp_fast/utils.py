@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["positive_int", "atomic_save", "atomic_write_text", "atomic_write_json", "resolve_device", "Stopwatch", "versions"]
+__all__ = ["available_memory", "cpu_name", "machine_name", "git_commit", "positive_int", "atomic_save", "atomic_write_text", "atomic_write_json", "resolve_device", "Stopwatch", "versions"]
 
 
 def _atomic(path, write) -> None:
@@ -97,6 +97,76 @@ def versions() -> dict:
     except Exception:  # triton is optional at run time (absent on macOS/Windows)
         out["triton"] = None
     return out
+
+
+def _read_int(path) -> int | None:
+    try:
+        text = Path(path).read_text().split()
+        return int(text[0]) if text and text[0].isdigit() else None
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory() -> int:
+    """Bytes of host memory this process can still take: the kernel's MemAvailable, lowered to what
+    is left under a cgroup (container) memory limit if there is one."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 4 * 2**30   # no way to tell (macOS, Windows): assume a modest machine
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 2**60:
+            avail = min(avail, max(0, limit - usage))
+            break
+    return avail
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_name() -> str:
+    """What results files record of the machine: the CPU and its cores, and the GPU if there is one."""
+    name = f"{cpu_name()}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        name += f", {torch.cuda.get_device_name()}"
+    return name
+
+
+def git_commit() -> str | None:
+    """The commit of the dtp_fast checkout being run (with ``+dirty`` for local changes), or None."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
 
 
 def positive_int(text: str) -> int:

@@ -26,12 +26,44 @@ import threading
 import torch
 
 from ..noise import NoiseBlock
+from ..utils import available_memory
 from .engine import register_backend
 
-__all__ = ["AnalyticBackend", "DEFAULT_MEMORY_BUDGET", "minimum_memory_budget", "plan_chunk"]
+__all__ = ["AnalyticBackend", "DEFAULT_MEMORY_BUDGET", "AUTO_BUDGET_SHARE", "AUTO_BUDGET_MAX", "auto_memory_budget",
+           "minimum_memory_budget", "plan_chunk"]
 
-# Bytes the precomputed perturbations of all layers may take at once.
-DEFAULT_MEMORY_BUDGET = 32 * 2**20
+# The fast backends' default memory budget: "auto", a share of the memory the device has available.
+DEFAULT_MEMORY_BUDGET = "auto"
+AUTO_BUDGET_SHARE = 0.25
+AUTO_BUDGET_MAX = 8 * 2**30
+
+
+def auto_memory_budget(device) -> tuple[int, int]:
+    """``(budget, available)`` in bytes for ``device``: the budget is :data:`AUTO_BUDGET_SHARE` of the
+    memory available (free GPU memory, or the host's available memory within its cgroup limit), at most
+    :data:`AUTO_BUDGET_MAX`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        available, _ = torch.cuda.mem_get_info(device)
+    else:
+        available = available_memory()
+    return int(min(available * AUTO_BUDGET_SHARE, AUTO_BUDGET_MAX)), int(available)
+
+
+def resolve_budget(budget, device, need: int) -> int | None:
+    """The byte budget of a run: an explicit one as it is (None: no limit); ``"auto"``: the
+    :func:`auto_memory_budget`, raised to ``need`` (one iteration of every layer) when that fits in
+    the memory available, with a clear error when it does not."""
+    if budget != "auto":
+        return budget
+    auto, available = auto_memory_budget(device)
+    if auto >= need:
+        return auto
+    if need <= available:
+        return need
+    raise ValueError(f"one feedback iteration of every layer needs {need / 2**20:.2f} MiB but only "
+                     f"{available / 2**20:.2f} MiB of {torch.device(device).type} memory is available: lower the "
+                     f"batch size or free memory")
 
 
 def _numel(shape) -> int:
@@ -280,7 +312,8 @@ class AnalyticBackend:
     """
     name = "torch"
 
-    def __init__(self, memory_budget: int | None = DEFAULT_MEMORY_BUDGET, threads: int | None = None):
+    def __init__(self, memory_budget: int | str | None = DEFAULT_MEMORY_BUDGET, threads: int | None = None):
+        # bytes the precomputed perturbations may take; "auto": see resolve_budget; None: no limit
         self.memory_budget = memory_budget
         # CPU threads to spread the layers over (None: torch.get_num_threads()); see _workers
         self.threads = threads
@@ -384,6 +417,7 @@ class AnalyticBackend:
                                  f"activations are {x0.dtype} on {x0.device}: move the network with "
                                  f"net.to(device, dtype)")
         batch, esize = x0.shape[0], x0.element_size()
+        budget = resolve_budget(budget, x0.device, minimum_memory_budget(blocks, hparams, batch, esize))
         # collectives run in the same order on every process: one thread, layers interleaved
         workers = 1 if reduce is not None else self._workers(x0.device, hparams, budget, blocks, batch, esize)
         chunk = plan_chunk(blocks, names, hparams, batch, esize, budget, workers)

@@ -40,12 +40,10 @@ from collections import OrderedDict
 import torch
 
 from ..noise import CounterNoise, NoiseBlock
-from .analytic import DEFAULT_MEMORY_BUDGET, AnalyticBackend
+from .analytic import AnalyticBackend
 from .engine import register_backend
 
 __all__ = ["TritonBackend"]
-
-_GiB = 2**30
 
 
 def _env_off(name: str) -> bool:
@@ -70,7 +68,7 @@ class TritonBackend(AnalyticBackend):
     Args:
         memory_budget: bytes for the precomputed perturbations; ``"auto"``: a quarter
             of the free GPU memory, at most 8 GiB (so that one chunk holds every
-            iteration and the chain can be graphed).
+            iteration and the chain can be graphed); see ``analytic.resolve_budget``.
         cuda_graphs: capture the conv chain in a CUDA graph when shapes repeat
             (``DTP_FAST_CUDA_GRAPHS=0`` turns it off).
         tf32: allow TF32 in the convolutions: None (default) means yes on compute
@@ -128,17 +126,9 @@ class TritonBackend(AnalyticBackend):
         finally:
             torch.backends.cudnn.allow_tf32 = saved
 
-    def auto_budget(self, device) -> int:
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return int(min(free // 4, 8 * _GiB))
-        return DEFAULT_MEMORY_BUDGET
-
     def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
               sample_offset=0, reduce=None):
         device = acts[0].device
-        if memory_budget == "default" and self.memory_budget == "auto":
-            memory_budget = self.auto_budget(device)
         with self._tf32(device):
             return super().train(net, acts, switches, hparams, state, noise, step, report,
                                  memory_budget=memory_budget, sample_offset=sample_offset, reduce=reduce)
