@@ -38,9 +38,10 @@ from .family import ensure_direct_feedback, symmetric_feedback_, train_family_fe
 from .feedback import FeedbackConfig, FeedbackState, train_feedback
 from .noise import CounterNoise
 from .presets import lenet
-from .utils import atomic_write_json, git_commit, machine_name, versions
+from .utils import atomic_write_json, atomic_write_text, git_commit, machine_name, versions
 
-__all__ = ["TheoryPreset", "THEORY_PRESETS", "theory_preset", "jmc", "gmp", "add_arguments", "run", "main"]
+__all__ = ["TheoryPreset", "THEORY_PRESETS", "theory_preset", "jmc", "gmp", "gmp_markdown", "jmc_markdown",
+           "add_arguments", "run", "main"]
 
 GMP_METHODS = ("ldrl", "drl", "random", "symmetric")
 
@@ -350,6 +351,37 @@ PAPER_GMP = {"ldrl": {"conv_0": 32.48, "conv_1": 6.90, "fc1": 2.62, "fc2": 0.03}
              "symmetric": {"conv_0": 24.0, "conv_1": 2.3, "fc1": 0.0, "fc2": 0.0},
              "random": {"conv_0": 90.0, "conv_1": 90.0, "fc1": 90.0, "fc2": 0.0}}
 PAPER_GMP_STD = {"ldrl": {"conv_0": 4.4, "conv_1": 0.6, "fc1": 0.1, "fc2": 0.0}}
+PAPER_JMC = {"ldrl": "falls to 2-3 degrees by about 2,500-3,000 iterations", "drl": "plateaus near 17 degrees"}
+_LABELS = {"ldrl": "L-DRL", "drl": "DRL", "random": "random", "symmetric": "symmetric"}
+
+
+def gmp_markdown(result: dict) -> str:
+    """A markdown table of a gmp result beside the paper's values (degrees, mean +- std over seeds)."""
+    layers = list(next(iter(result["mean"].values())))
+    n = len(result["seeds"])
+    rows = [f"| method | {' | '.join(layers)} |", "|---|" + "---:|" * len(layers)]
+    for method in result["mean"]:
+        ours = [f"{result['mean'][method][l]:.2f} ± {result['std'][method][l]:.2f}" for l in layers]
+        rows.append(f"| {_LABELS[method]}, ours ({n} seeds) | {' | '.join(ours)} |")
+        if method in PAPER_GMP:
+            std = PAPER_GMP_STD.get(method)
+            paper = [f"{PAPER_GMP[method][l]:g}" + (f" ± {std[l]:g}" if std else "") for l in layers]
+            rows.append(f"| {_LABELS[method]}, paper | {' | '.join(paper)} |")
+    return "\n".join(rows) + "\n"
+
+
+def jmc_markdown(result: dict) -> str:
+    """A markdown table of a jmc result: the seed-mean angle at a few iterations, where it settled, the paper."""
+    steps = result["iterations"]
+    marks = sorted({steps[0], *(s for s in (500, 1000, 2500, 3000) if s in steps), steps[-1]})
+    rows = [f"| method | {' | '.join(f'it. {m}' for m in marks)} | settled at | paper |",
+            "|---|" + "---:|" * (len(marks) + 1) + "---|"]
+    for method in ("ldrl", "drl"):
+        c = result[method]
+        cells = [f"{c['angle_deg'][steps.index(m)]:.1f} ± {c['angle_std'][steps.index(m)]:.1f}" for m in marks]
+        rows.append(f"| {_LABELS[method]} | {' | '.join(cells)} | {result['settled_at'][method]} | "
+                    f"{PAPER_JMC[method]} |")
+    return "\n".join(rows) + "\n"
 
 
 def _plot_jmc(result: dict, path) -> None:
@@ -424,6 +456,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the result as JSON, after every seed; a run with the same settings and file "
                         "reuses the seeds already in it (resume)")
     p.add_argument("--plot", default=None, metavar="FILE", help="write a PNG figure")
+    p.add_argument("--markdown", default=None, metavar="FILE",
+                   help="write a markdown table of the result beside the paper's values")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -472,6 +506,8 @@ def run(args) -> int:
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         (_plot_jmc if args.figure == "jmc" else _plot_gmp)(result, args.plot)
+    if args.markdown:
+        atomic_write_text((jmc_markdown if args.figure == "jmc" else gmp_markdown)(result), args.markdown)
     print(json.dumps(summary, indent=2))
     return 0
 

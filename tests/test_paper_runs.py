@@ -105,7 +105,8 @@ def test_theory_commands_at_the_paper_settings(figure, cifar10_subset, tmp_path,
     one batch of 256), fewer iterations; then a second run with the same --json reuses every seed."""
     out = tmp_path / f"{figure}.json"
     argv = ["theory", figure, "--dataset", "cifar10", "--data", str(cifar10_subset), "--iterations", "4",
-            "--seeds", "0", "--json", str(out), "--plot", str(tmp_path / f"{figure}.png")]
+            "--seeds", "0", "--json", str(out), "--plot", str(tmp_path / f"{figure}.png"),
+            "--markdown", str(tmp_path / f"{figure}.md")]
     assert main(argv) == 0
     r = json.loads(out.read_text())
     assert r["preset"] == "paper" and r["settings"]["batch_size"] == 256 and r["settings"]["bias"] is False
@@ -120,6 +121,8 @@ def test_theory_commands_at_the_paper_settings(figure, cifar10_subset, tmp_path,
         assert r["iterations"] == [0, 1, 2, 3, 4] and len(r["ldrl"]["angle_deg"]) == 5
         assert 0 <= r["drl"]["limit_deg"] < 90
     assert (tmp_path / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / f"{figure}.md").read_text()
+    assert "| L-DRL" in table and ("L-DRL, paper" in table if figure == "gmp" else "2-3 degrees" in table)
     capsys.readouterr()
     assert main(argv) == 0                                   # resumed: nothing left to run
     assert "seed 0:" not in capsys.readouterr().err
