@@ -240,6 +240,7 @@ def cmd_info(args) -> int:
 
     from . import _ext
     from .feedback import available_backends
+    from .feedback.analytic import auto_memory_budget
     from .utils import versions
 
     devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
@@ -250,6 +251,9 @@ def cmd_info(args) -> int:
                                "build": _ext.build_info()},
         "backends": {d: {name: {"usable": ok, "note": why} for name, (ok, why) in available_backends(d).items()}
                      for d in devices},
+        "feedback_memory_mib": {d: dict(zip(("auto_budget", "available"),
+                                            (round(b / 2**20, 1) for b in auto_memory_budget(d))))
+                                for d in devices},
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -263,6 +267,9 @@ def cmd_info(args) -> int:
     for d, backends in info["backends"].items():
         for name, b in backends.items():
             print(f"  backend {name:<10} on {d:<7}: {'usable' if b['usable'] else 'NOT usable'} ({b['note']})")
+    for d, m in info["feedback_memory_mib"].items():
+        print(f"  feedback memory on {d:<7}: {m['auto_budget']:.0f} MiB by default (--feedback-memory), "
+              f"of {m['available']:.0f} MiB available")
     return 0
 
 

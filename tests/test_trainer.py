@@ -144,3 +144,5 @@ def test_cli_info_json(capsys):
     assert info["backends"]["cpu"]["reference"]["usable"] is True
     assert "torch" in info["versions"]
     assert "available" in info["compiled_extension"]
+    mem = info["feedback_memory_mib"]["cpu"]
+    assert 0 < mem["auto_budget"] <= mem["available"] / 4 + 0.1
