@@ -65,11 +65,14 @@ def upper_forward(net, i: int, s: torch.Tensor) -> torch.Tensor:
     return s
 
 
-def drl_loss(net, i: int, s, eps, sigma: float) -> torch.Tensor:
-    """DRL loss of Q_i: ``mean_b ||Q_i (F_{>i}(s + ds) - F_{>i}(s)) - ds||^2`` with ``ds = sigma * eps``."""
+def drl_loss(net, i: int, s, eps, sigma: float, clean=None) -> torch.Tensor:
+    """DRL loss of Q_i: ``mean_b ||Q_i (F_{>i}(s + ds) - F_{>i}(s)) - ds||^2`` with ``ds = sigma * eps``;
+    ``clean``: ``F_{>i}(s)`` if the caller has it (the forward weights are frozen in a feedback phase)."""
     ds = sigma * eps
     with torch.no_grad():
-        delta = upper_forward(net, i, s + ds) - upper_forward(net, i, s)
+        if clean is None:
+            clean = upper_forward(net, i, s)
+        delta = upper_forward(net, i, s + ds) - clean
     q = net.direct[net.names[i]]
     return (q(delta) - ds.flatten(1)).pow(2).sum(1).mean()
 
@@ -93,6 +96,10 @@ def train_family_feedback(algo: str, net, acts, switches, hparams, state: Feedba
                   else [blocks[i].g_op.weight, blocks[i].g_op.bias])
         bufs = [state.buffer(name, p_name, p) for p_name, p in zip(("weight", "bias"), params)]
         src = acts[i] if algo == "drl" else acts[i - 1]
+        clean = None
+        if algo == "drl" and hp.iterations:   # F_{>i}(s_i), the same for every iteration: computed once
+            with torch.no_grad():
+                clean = upper_forward(net, i, src)
         losses = []
         for k in range(hp.iterations):
             with torch.enable_grad():
@@ -100,7 +107,7 @@ def train_family_feedback(algo: str, net, acts, switches, hparams, state: Feedba
                 for s in range(hp.samples):
                     eps = noise.normal(step=step, layer=i, iteration=k, sample=s, which="x", shape=src.shape,
                                        device=src.device, dtype=src.dtype, offset=sample_offset)
-                    total = total + (drl_loss(net, i, src, eps, hp.noise) if algo == "drl"
+                    total = total + (drl_loss(net, i, src, eps, hp.noise, clean) if algo == "drl"
                                      else reconstruction_loss(blocks[i], src, eps, hp.noise))
                 loss = total / hp.samples
                 grads = list(torch.autograd.grad(loss, params))

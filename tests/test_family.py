@@ -6,7 +6,8 @@ from torch import nn
 import dtp_fast
 from dtp_fast.api import make_run, train
 from dtp_fast.dtp import first_target, propagate_targets
-from dtp_fast.family import drl_loss, ensure_direct_feedback, reconstruction_loss, train_family_feedback
+from dtp_fast.family import (drl_loss, ensure_direct_feedback, reconstruction_loss, train_family_feedback,
+                             upper_forward)
 from dtp_fast.feedback import FeedbackConfig, FeedbackState
 from dtp_fast.noise import CounterNoise
 
@@ -64,6 +65,8 @@ def test_drl_loss_and_its_minimiser():
     eps = torch.randn(16, 6)
     expected = ((0.1 * eps @ w.t()) @ q.t() - 0.1 * eps).pow(2).sum(1).mean()
     torch.testing.assert_close(drl_loss(net, 0, acts[0], eps, 0.1), expected)
+    clean = upper_forward(net, 0, acts[0])      # what train_family_feedback computes once per phase
+    assert torch.equal(drl_loss(net, 0, acts[0], eps, 0.1, clean), drl_loss(net, 0, acts[0], eps, 0.1))
     cfg = FeedbackConfig(iterations=3000, lr=20.0, noise=0.1, momentum=0.9).resolve(net.names[:-1])
     train_family_feedback("drl", net, acts, sw, cfg, FeedbackState(), CounterNoise(0), 0, report="none")
     torch.testing.assert_close(net.direct["fc_0"].weight.detach(), torch.linalg.inv(w.detach()), rtol=0.05,
