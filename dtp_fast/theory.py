@@ -162,17 +162,22 @@ _METHOD_KEYS = {("gmp", "ldrl"): ("ldrl", "beta"), ("gmp", "drl"): ("drl", "beta
                 ("gmp", "symmetric"): ("beta",), ("jmc", "ldrl"): ("ldrl_jmc",), ("jmc", "drl"): ("drl_jmc",)}
 
 
-def _reusable(resume: dict | None, figure: str, preset: TheoryPreset, dataset: str, width: float, iterations,
-              method: str, seed: int):
-    """One seed's result from an earlier run (``resume``) made with the same settings for this method
-    and seed, or None."""
-    if not resume or resume.get("figure") != figure or resume.get("dataset") != dataset \
-            or resume.get("width") != width or resume.get("iterations") != iterations:
-        return None
-    old, new = resume.get("settings") or {}, json.loads(json.dumps(preset.settings()))
-    if any(old.get(k) != new[k] for k in _SHARED + _METHOD_KEYS[figure, method]):
-        return None
-    return resume.get("per_seed", {}).get(method, {}).get(str(seed))
+def _reusable(resume, figure: str, preset: TheoryPreset, dataset: str, width: float, iterations, method: str,
+              seed: int):
+    """``(result, seconds)`` of one seed from earlier runs (``resume``: a result or a list of them) made with
+    the same settings for this method and seed, or None."""
+    new = json.loads(json.dumps(preset.settings()))
+    for old in resume if isinstance(resume, list) else [resume]:
+        if not old or old.get("figure") != figure or old.get("dataset") != dataset \
+                or old.get("width") != width or old.get("iterations") != iterations:
+            continue
+        settings = old.get("settings") or {}
+        if any(settings.get(k) != new[k] for k in _SHARED + _METHOD_KEYS[figure, method]):
+            continue
+        found = old.get("per_seed", {}).get(method, {}).get(str(seed))
+        if found is not None:
+            return found, old.get("seconds", {}).get(method, {}).get(str(seed))
+    return None
 
 
 def _header(figure, preset, dataset, width) -> dict:
@@ -190,7 +195,8 @@ def jmc(dataset="digits", data=None, preset: str | TheoryPreset | None = None, i
     means of ``angle_deg`` and ``distance`` at each entry of ``iterations`` (and ``angle_std``);
     ``drl["limit_deg"]`` is the angle DRL converges to, between W^T and the pseudo-inverse W^+ of the
     last layer's weight (DRL's feedback tends to W^+, L-DRL's to W^T).
-    ``resume``: an earlier result whose finished seeds are reused; ``save(result)`` is called after each seed.
+    ``resume``: earlier results (one or a list) whose seeds made with the same settings are reused;
+    ``save(result)`` is called after each seed.
     """
     preset = preset if isinstance(preset, TheoryPreset) else theory_preset(preset, dataset)
     iterations = iterations or preset.jmc_iterations
@@ -208,7 +214,7 @@ def jmc(dataset="digits", data=None, preset: str | TheoryPreset | None = None, i
             key = str(seed)
             old = _reusable(resume, "jmc", preset, dataset, width, steps, method, seed)
             if old is not None:
-                per_seed[method][key] = old
+                per_seed[method][key] = old[0]
                 continue
             start = time.perf_counter()
             run = _Run(ds, preset, seed, width)
@@ -323,8 +329,7 @@ def gmp(dataset="digits", data=None, preset: str | TheoryPreset | None = None, i
             key = str(seed)
             old = _reusable(resume, "gmp", preset, dataset, width, iterations, method, seed)
             if old is not None:
-                per_seed[method][key] = old
-                seconds[method][key] = resume.get("seconds", {}).get(method, {}).get(key)
+                per_seed[method][key], seconds[method][key] = old
                 continue
             start = time.perf_counter()
             angles = _gmp_one(_Run(ds, preset, seed, width), method, preset, iterations, seed, progress)
@@ -362,7 +367,7 @@ def gmp_markdown(result: dict) -> str:
     rows = [f"| method | {' | '.join(layers)} |", "|---|" + "---:|" * len(layers)]
     for method in result["mean"]:
         ours = [f"{result['mean'][method][l]:.2f} ± {result['std'][method][l]:.2f}" for l in layers]
-        rows.append(f"| {_LABELS[method]}, ours ({n} seeds) | {' | '.join(ours)} |")
+        rows.append(f"| {_LABELS[method]}, ours ({n} seed{'s' if n > 1 else ''}) | {' | '.join(ours)} |")
         if method in PAPER_GMP:
             std = PAPER_GMP_STD.get(method)
             paper = [f"{PAPER_GMP[method][l]:g}" + (f" ± {std[l]:g}" if std else "") for l in layers]
@@ -455,6 +460,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="FILE",
                    help="write the result as JSON, after every seed; a run with the same settings and file "
                         "reuses the seeds already in it (resume)")
+    p.add_argument("--merge", action="append", default=[], metavar="FILE",
+                   help="also reuse the seeds of this earlier result file made with the same settings (for "
+                        "example methods or seeds run in another process or on another machine); repeatable")
     p.add_argument("--plot", default=None, metavar="FILE", help="write a PNG figure")
     p.add_argument("--markdown", default=None, metavar="FILE",
                    help="write a markdown table of the result beside the paper's values")
@@ -467,7 +475,7 @@ def _load_previous(path) -> dict | None:
     try:
         previous = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path} exists but is not a theory result ({err}): remove it or pick another --json")
+        raise ValueError(f"{path} exists but is not a theory result ({err}): remove it or pick another file")
     return previous if isinstance(previous, dict) else None
 
 
@@ -486,7 +494,11 @@ def run(args) -> int:
             raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
         save = (lambda result: atomic_write_json(result, args.json)) if args.json else None
         kw = dict(dataset=args.dataset, data=args.data, preset=args.preset, iterations=args.iterations,
-                  seeds=seeds, width=args.width, progress=say, resume=_load_previous(args.json), save=save)
+                  seeds=seeds, width=args.width, progress=say, resume=[_load_previous(args.json)], save=save)
+        for path in args.merge:
+            if not Path(path).is_file():
+                raise ValueError(f"--merge {path}: no such file")
+            kw["resume"].append(_load_previous(path))
         if args.figure == "jmc":
             result = jmc(**kw)
             summary = {m: {"first": result[m]["angle_deg"][0], "last": result[m]["angle_deg"][-1],

@@ -127,6 +127,10 @@ def test_theory_commands_at_the_paper_settings(figure, cifar10_subset, tmp_path,
     assert main(argv) == 0                                   # resumed: nothing left to run
     assert "seed 0:" not in capsys.readouterr().err
     assert json.loads(out.read_text())["per_seed"] == r["per_seed"]
+    other = tmp_path / "merged.json"                          # another file, the seeds merged from the first
+    assert main([*argv[:argv.index("--json")], "--json", str(other), "--merge", str(out)]) == 0
+    assert "seed 0:" not in capsys.readouterr().err
+    assert json.loads(other.read_text())["per_seed"] == r["per_seed"]
 
 
 def test_theory_presets_and_errors(capsys, tmp_path):
