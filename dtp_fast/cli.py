@@ -114,7 +114,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "the usable ones)")
     g.add_argument("--feedback-memory", type=float, default=None, metavar="MIB",
                    help="memory (MiB) the fast backends may use for perturbations precomputed for many "
-                        "iterations at once (default: a quarter of the memory available, at most 8 GiB, and "
+                        "iterations at once (default: a quarter of the memory available rounded down to a power of "
+                        "two, at most 8 GiB, and "
                         "never less than one iteration of every layer needs)")
 
     g = p.add_argument_group("settings from elsewhere")

@@ -40,14 +40,16 @@ AUTO_BUDGET_MAX = 8 * 2**30
 
 def auto_memory_budget(device) -> tuple[int, int]:
     """``(budget, available)`` in bytes for ``device``: the budget is :data:`AUTO_BUDGET_SHARE` of the
-    memory available (free GPU memory, or the host's available memory within its cgroup limit), at most
-    :data:`AUTO_BUDGET_MAX`."""
+    memory available (free GPU memory, or the host's available memory within its cgroup limit), rounded
+    down to a power of two (so that the chunks, which it sizes, do not change from batch to batch as the
+    free memory moves a little), at most :data:`AUTO_BUDGET_MAX`."""
     device = torch.device(device)
     if device.type == "cuda":
         available, _ = torch.cuda.mem_get_info(device)
     else:
         available = available_memory()
-    return int(min(available * AUTO_BUDGET_SHARE, AUTO_BUDGET_MAX)), int(available)
+    share = int(available * AUTO_BUDGET_SHARE)
+    return min(1 << max(share, 1).bit_length() - 1, AUTO_BUDGET_MAX), int(available)
 
 
 def resolve_budget(budget, device, need: int) -> int | None:
