@@ -164,7 +164,7 @@ _METHOD_KEYS = {("gmp", "ldrl"): ("ldrl", "beta"), ("gmp", "drl"): ("drl", "beta
 
 def _reusable(resume, figure: str, preset: TheoryPreset, dataset: str, width: float, iterations, method: str,
               seed: int):
-    """``(result, seconds)`` of one seed from earlier runs (``resume``: a result or a list of them) made with
+    """``(result, seconds, origin)`` of one seed from earlier runs (``resume``: a result or a list of them) made with
     the same settings for this method and seed, or None."""
     new = json.loads(json.dumps(preset.settings()))
     for old in resume if isinstance(resume, list) else [resume]:
@@ -176,8 +176,14 @@ def _reusable(resume, figure: str, preset: TheoryPreset, dataset: str, width: fl
             continue
         found = old.get("per_seed", {}).get(method, {}).get(str(seed))
         if found is not None:
-            return found, old.get("seconds", {}).get(method, {}).get(str(seed))
+            origin = old.get("origin", {}).get(method, {}).get(str(seed)) or _origin(old)
+            return found, old.get("seconds", {}).get(method, {}).get(str(seed)), origin
     return None
+
+
+def _origin(result: dict) -> dict:
+    """Where a seed's result was computed: the run's command, commit and machine."""
+    return {k: result.get(k) for k in ("command", "commit", "machine")}
 
 
 def _header(figure, preset, dataset, width) -> dict:
@@ -209,13 +215,15 @@ def jmc(dataset="digits", data=None, preset: str | TheoryPreset | None = None, i
     result = _header("jmc", preset, dataset, width)
     result.update(iterations=steps, seeds=list(seeds))
     per_seed = result["per_seed"] = {m: {} for m in ("ldrl", "drl")}
+    origin = result["origin"] = {m: {} for m in per_seed}
     for seed in seeds:
         for method in per_seed:
             key = str(seed)
             old = _reusable(resume, "jmc", preset, dataset, width, steps, method, seed)
             if old is not None:
-                per_seed[method][key] = old[0]
+                per_seed[method][key], _, origin[method][key] = old
                 continue
+            origin[method][key] = _origin(result)
             start = time.perf_counter()
             run = _Run(ds, preset, seed, width)
             net = run.net
@@ -311,7 +319,7 @@ def gmp(dataset="digits", data=None, preset: str | TheoryPreset | None = None, i
     """Per-layer angle between the DTP update and the BP gradient after feedback training.
 
     Returns ``{"mean": {method: {layer: deg}}, "std": ..., "per_seed": {method: {seed: {layer: deg}}}, ...}``
-    with the settings, command, commit and machine. ``resume``/``save`` as in :func:`jmc`.
+    with the settings, command, commit and machine (``origin``: those of the run that computed each seed). ``resume``/``save`` as in :func:`jmc`.
     """
     preset = preset if isinstance(preset, TheoryPreset) else theory_preset(preset, dataset)
     iterations = iterations or preset.gmp_iterations
@@ -324,13 +332,15 @@ def gmp(dataset="digits", data=None, preset: str | TheoryPreset | None = None, i
     result.update(iterations=iterations, seeds=list(seeds))
     per_seed = result["per_seed"] = {m: {} for m in methods}
     seconds = result["seconds"] = {m: {} for m in methods}
+    origin = result["origin"] = {m: {} for m in methods}
     for seed in seeds:
         for method in methods:
             key = str(seed)
             old = _reusable(resume, "gmp", preset, dataset, width, iterations, method, seed)
             if old is not None:
-                per_seed[method][key], seconds[method][key] = old
+                per_seed[method][key], seconds[method][key], origin[method][key] = old
                 continue
+            origin[method][key] = _origin(result)
             start = time.perf_counter()
             angles = _gmp_one(_Run(ds, preset, seed, width), method, preset, iterations, seed, progress)
             per_seed[method][key] = angles

@@ -130,7 +130,9 @@ def test_theory_commands_at_the_paper_settings(figure, cifar10_subset, tmp_path,
     other = tmp_path / "merged.json"                          # another file, the seeds merged from the first
     assert main([*argv[:argv.index("--json")], "--json", str(other), "--merge", str(out)]) == 0
     assert "seed 0:" not in capsys.readouterr().err
-    assert json.loads(other.read_text())["per_seed"] == r["per_seed"]
+    merged = json.loads(other.read_text())
+    assert merged["per_seed"] == r["per_seed"]
+    assert merged["origin"] == r["origin"] and r["origin"]["ldrl"]["0"]["command"] == r["command"]
 
 
 def test_theory_presets_and_errors(capsys, tmp_path):
