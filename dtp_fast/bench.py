@@ -26,7 +26,6 @@ import ctypes
 import ctypes.util
 import datetime
 import os
-import platform
 import resource
 import statistics
 import sys

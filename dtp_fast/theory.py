@@ -122,7 +122,7 @@ class _Run:
         self.loader = Loader(ds, "train", preset.batch_size, seed=seed, shuffle=True, augment=preset.augment,
                              drop_last=True)
         self._batches = self._stream()
-        self.first = next(iter(self.loader))
+        self.first = next(iter(self.loader)) if preset.one_batch else None
 
     def _stream(self):
         epoch = 0
