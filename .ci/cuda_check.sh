@@ -50,7 +50,7 @@ import torch
 
 import dtp_fast
 from dtp_fast import _ext
-from dtp_fast.feedback.cuda import CUDA_OPS, cuda_kernels_problem
+from dtp_fast.feedback.backends.cuda import CUDA_OPS, cuda_kernels_problem
 
 assert "site-packages" in dtp_fast.__file__, dtp_fast.__file__
 assert _ext.available(), _ext.load_error()

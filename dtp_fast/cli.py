@@ -241,7 +241,7 @@ def cmd_info(args) -> int:
 
     from . import _ext
     from .feedback import available_backends
-    from .feedback.analytic import auto_memory_budget
+    from .feedback import auto_memory_budget
     from .utils import versions
 
     devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])

@@ -9,7 +9,7 @@ import dtp_fast
 from dtp_fast.api import make_run
 from dtp_fast.feedback import (FeedbackConfig, FeedbackState, available_backends, get_backend, resolve_backend,
                                train_feedback)
-from dtp_fast.feedback.analytic import minimum_memory_budget, plan_chunk
+from dtp_fast.feedback import minimum_memory_budget, plan_chunk
 from dtp_fast.noise import CounterNoise
 
 FAST = [name for name, (ok, _) in available_backends("cpu").items() if ok and name != "reference"]
@@ -86,7 +86,7 @@ def test_fast_backend_equals_reference(backend, case, dtype, chunking, threads, 
     hp = cfg.resolve(net.feedback_names)
     blocks = net.block_list()[1:]
     budget = minimum_memory_budget(blocks, hp, 3, x.element_size(), threads) if chunking == "one" else None
-    assert get_backend(backend)._workers(x.device, hp, budget, blocks, 3, x.element_size()) == threads
+    assert get_backend(backend).workers(x.device, hp, budget, blocks, 3, x.element_size()) == threads
     assert plan_chunk(blocks, net.feedback_names, hp, 3, x.element_size(), budget, threads) == (
         1 if chunking == "one" else 5)
     ref = _run(net, x, cfg, "reference", None, steps=2)
@@ -168,9 +168,9 @@ def test_concurrent_layers_fall_back_to_what_the_budget_holds_and_raise_worker_e
     monkeypatch.setattr(torch_backend, "threads", 3)
     one = minimum_memory_budget(blocks, hp, 2, 4, 1)
     assert minimum_memory_budget(blocks, hp, 2, 4, 2) > one
-    assert torch_backend._workers(x.device, hp, one, blocks, 2, 4) == 1
-    assert torch_backend._workers(x.device, hp, None, blocks, 2, 4) == 3
-    assert torch_backend._workers(torch.device("meta"), hp, None, blocks, 2, 4) == 1
+    assert torch_backend.workers(x.device, hp, one, blocks, 2, 4) == 1
+    assert torch_backend.workers(x.device, hp, None, blocks, 2, 4) == 3
+    assert torch_backend.workers(torch.device("meta"), hp, None, blocks, 2, 4) == 1
     threads = torch.get_num_threads()
 
     def broken(*args, **kwargs):
@@ -212,7 +212,7 @@ def test_reduce_hook_sees_one_bucket_per_iteration_in_a_fixed_order(backend):
 def test_asynchronous_reduce_overlaps_the_next_chunks_precomputation(backend, monkeypatch):
     """A reduce that returns a completion function (an all-reduce in flight): same result, and the
     fast engine precomputes the chunks that start at the next iteration before completing it."""
-    from dtp_fast.feedback import analytic
+    from dtp_fast.feedback import LayerState
 
     torch.manual_seed(5)
     net = _net().double()
@@ -222,8 +222,8 @@ def test_asynchronous_reduce_overlaps_the_next_chunks_precomputation(backend, mo
     two = 2 * minimum_memory_budget(net.block_list()[1:], hp, 2, 8)   # chunks of 2 iterations
     plain = _run(net, x, cfg, backend, two)
     events = []
-    prepare = analytic._Layer._prepare
-    monkeypatch.setattr(analytic._Layer, "_prepare", lambda lay, k0: (events.append(("prepare", k0)),
+    prepare = LayerState.prepare
+    monkeypatch.setattr(LayerState, "prepare", lambda lay, k0: (events.append(("prepare", k0)),
                                                                       prepare(lay, k0))[1])
     net2, state = copy.deepcopy(net), FeedbackState()
     acts, sw = net2.activations(x)

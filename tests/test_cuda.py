@@ -25,8 +25,8 @@ import dtp_fast
 from dtp_fast import _ext, ops
 from dtp_fast.feedback import (BackendUnavailableError, FeedbackConfig, FeedbackState, available_backends,
                                momentum_sgd_, resolve_backend, train_feedback)
-from dtp_fast.feedback import cuda as cuda_backend
-from dtp_fast.feedback.cuda import CUDA_OPS, cuda_kernels_problem, noisy_unpool_diff_philox, noisy_unpool_diff_philox_ref
+from dtp_fast.feedback.backends import cuda as cuda_backend
+from dtp_fast.feedback.backends.cuda import CUDA_OPS, cuda_kernels_problem, noisy_unpool_diff_philox, noisy_unpool_diff_philox_ref
 from dtp_fast.noise import CounterNoise, ExplicitNoise, philox_normal
 from conftest import require_ext
 
@@ -324,7 +324,7 @@ def test_ldrl_loss_cpu_equals_the_engine_expression(dtype):
         torch.testing.assert_close(cuda_backend.fused_ldrl_loss(r2, a_, v_, 0.3).double(), _loss_expr(r, A, V, 0.3),
                                    **tol)
     # the torch engine's hook gives the same value
-    from dtp_fast.feedback.analytic import AnalyticBackend
+    from dtp_fast.feedback import AnalyticBackend
     from types import SimpleNamespace
     torch.testing.assert_close(AnalyticBackend().conv_loss(SimpleNamespace(scale=0.3), r, A, V).double(),
                                _loss_expr(r, A, V, 0.3), rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
@@ -755,7 +755,7 @@ def test_cuda_backend_logic_with_the_cpu_kernels(case, dtype):
     ref = _train(net, x, cfg, "reference", CounterNoise(3), None)
     _assert_same(ref, fast, dtype)
     # with explicit noise (the materialising path) and chunks of one iteration
-    from dtp_fast.feedback.analytic import minimum_memory_budget
+    from dtp_fast.feedback import minimum_memory_budget
     table = {}
     noise = ExplicitNoise(lambda *key: table.setdefault(key, torch.randn(
         3, *net.block_list()[key[1] - 1 if key[4] == "x" else key[1]].out_shape, generator=_gen(len(table)),
@@ -775,7 +775,7 @@ def test_cuda_backend_reports_with_the_cpu_kernels(dtype, report, monkeypatch):
     net = _net(kernel=3, pool=(3, 2, 1)).to(dtype)
     x = torch.randn(2, *net.in_shape, dtype=dtype)
     cfg = FeedbackConfig(iterations=[3, 6, 4], lr=[0.05, 0.1, 0.1], noise=0.2, samples=2, momentum=0.5)
-    from dtp_fast.feedback.analytic import minimum_memory_budget
+    from dtp_fast.feedback import minimum_memory_budget
     one = minimum_memory_budget(net.block_list()[1:], cfg.resolve(net.feedback_names), 2, x.element_size())
     backend = cuda_backend.CudaBackend(threads=1)
     for budget in (None, one, 3 * one):
@@ -824,7 +824,7 @@ def test_cuda_backend_equals_reference(case, dtype, budget, monkeypatch):
     cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
     b = None
     if budget == "one":
-        from dtp_fast.feedback.analytic import minimum_memory_budget
+        from dtp_fast.feedback import minimum_memory_budget
         b = minimum_memory_budget(net.block_list()[1:], cfg.resolve(net.feedback_names), 3, x.element_size())
     assert resolve_backend("cuda", "cuda") == "cuda"
     ref = _train(net, x, cfg, "reference", CounterNoise(3), None)
@@ -857,7 +857,7 @@ def test_cuda_backend_batch_one_explicit_noise_and_layouts(pool):
 
 @gpu
 def test_cuda_backend_step_layers_matches_apply():
-    """step_layers (one fused launch for all layers) performs _Layer.apply's update."""
+    """step_layers (one fused launch for all layers) performs LayerState.apply's update."""
     from types import SimpleNamespace
 
     from dtp_fast.feedback.engine import LayerHParams
@@ -868,12 +868,12 @@ def test_cuda_backend_step_layers_matches_apply():
         buf = torch.randn(shape, device="cuda", dtype=torch.float64)
         grad = torch.randn(shape, device="cuda", dtype=torch.float64)
         hp = LayerHParams(iterations=3, lr=0.1 * (k + 1), noise=0.1, momentum=0.9, weight_decay=0.01 * k)
-        layers.append(SimpleNamespace(Vw=V, bufw=buf, hp=hp, next_k=0))
+        layers.append(SimpleNamespace(weight=V, momentum_buffer=buf, hp=hp, next_k=0))
         v2, b2 = V.clone(), buf.clone()
         momentum_sgd_([v2], [grad.clone()], [b2], hp.lr, hp.momentum, hp.weight_decay)
         expect.append((v2, b2, grad))
     cuda_backend.CudaBackend().step_layers(layers, [e[2] for e in expect], 4)
     for lay, (v2, b2, _) in zip(layers, expect):
-        torch.testing.assert_close(lay.Vw, v2, rtol=1e-14, atol=1e-15)
-        torch.testing.assert_close(lay.bufw, b2, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(lay.weight, v2, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(lay.momentum_buffer, b2, rtol=1e-14, atol=1e-15)
         assert lay.next_k == 5

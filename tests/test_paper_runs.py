@@ -13,7 +13,7 @@ import torch
 
 from dtp_fast import data
 from dtp_fast.cli import main
-from dtp_fast.feedback import analytic
+from dtp_fast.feedback import memory as analytic
 from dtp_fast.presets import RECIPES
 
 SHARED_TARBALL = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"

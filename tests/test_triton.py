@@ -17,8 +17,8 @@ import dtp_fast
 from dtp_fast import kernels, ops
 from dtp_fast.feedback import (BackendUnavailableError, FeedbackConfig, FeedbackState, available_backends,
                                resolve_backend, train_feedback)
-from dtp_fast.feedback.analytic import AnalyticBackend, minimum_memory_budget
-from dtp_fast.feedback.triton import TritonBackend
+from dtp_fast.feedback import AnalyticBackend, minimum_memory_budget
+from dtp_fast.feedback import TritonBackend
 from dtp_fast.noise import CounterNoise, ExplicitNoise, NoiseBlock, philox_normal
 
 if not kernels.available():

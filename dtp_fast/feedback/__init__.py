@@ -1,9 +1,12 @@
 """The feedback engine: trains every feedback layer G_1 .. G_{N-1} for one batch.
 
 One entry point, :func:`train_feedback`, and a registry of backends that
-implement it. All backends share the hyperparameters (:class:`FeedbackConfig`),
-the optimiser state (:class:`FeedbackState`, plain momentum buffers, so a run
-can switch backends or resume) and the noise source (:mod:`dtp_fast.noise`).
+implement it (:mod:`.backends`, one module per backend). All backends share the
+hyperparameters (:class:`FeedbackConfig`), the optimiser state
+(:class:`FeedbackState`, plain momentum buffers, so a run can switch backends or
+resume) and the noise source (:mod:`dtp_fast.noise`). The precomputing
+backends share the memory planner (:mod:`.memory`) and the per-layer state
+their hooks see (:class:`LayerState`, :mod:`.layer`).
 """
 from __future__ import annotations
 
@@ -19,28 +22,35 @@ from .engine import (
     resolve_backend,
     train_feedback,
 )
-from .reference import ReferenceBackend, ldrl_loss  # registers the backend
-from .analytic import DEFAULT_MEMORY_BUDGET, AnalyticBackend  # registers the backend
-from .fused import FusedCPUBackend  # registers the backend
-from .triton import TritonBackend  # registers the backend (imports triton only when used)
-from .cuda import CudaBackend  # registers the backend
+from .layer import LayerState
+from .memory import (DEFAULT_MEMORY_BUDGET, auto_memory_budget, minimum_memory_budget, plan_chunk,
+                     resolve_budget)
+from .backends import (AnalyticBackend, CppBackend, CudaBackend, FusedCPUBackend, ReferenceBackend, TorchBackend,
+                       TritonBackend, ldrl_loss)  # importing them registers them
 
 __all__ = [
     "AnalyticBackend",
-    "DEFAULT_MEMORY_BUDGET",
-    "FusedCPUBackend",
-    "TritonBackend",
     "BackendUnavailableError",
+    "CppBackend",
     "CudaBackend",
+    "DEFAULT_MEMORY_BUDGET",
     "FeedbackConfig",
     "FeedbackState",
+    "FusedCPUBackend",
     "LayerHParams",
+    "LayerState",
     "ReferenceBackend",
+    "TorchBackend",
+    "TritonBackend",
+    "auto_memory_budget",
     "available_backends",
     "get_backend",
     "ldrl_loss",
+    "minimum_memory_budget",
     "momentum_sgd_",
+    "plan_chunk",
     "register_backend",
     "resolve_backend",
+    "resolve_budget",
     "train_feedback",
 ]

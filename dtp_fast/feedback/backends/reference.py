@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine import momentum_sgd_, register_backend
+from ..engine import momentum_sgd_, register_backend
 
 __all__ = ["ldrl_loss", "ReferenceBackend"]
 

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext, ops
-from ..noise import CounterNoise, NoiseBlock, philox_normal
-from .analytic import AnalyticBackend
-from .engine import register_backend
+from ... import _ext, ops
+from ...noise import CounterNoise, NoiseBlock, philox_normal
+from ..engine import register_backend
+from .torch import TorchBackend
 
 __all__ = ["CudaBackend", "fused_ldrl_loss", "fused_linear_chain_", "fused_linear_chain_ref", "fused_momentum_sgd_",
            "noisy_unpool_diff_philox", "noisy_unpool_diff_philox_ref", "CUDA_OPS", "cuda_kernels_problem"]
@@ -177,7 +177,7 @@ def fused_linear_chain_ref(V, buf, A, C, lr, momentum, weight_decay, scale, loss
     return torch.stack(losses) if losses else V.new_zeros(0)
 
 
-class CudaBackend(AnalyticBackend):
+class CudaBackend(TorchBackend):
     name = "cuda"
 
     def availability(self, device):
@@ -234,7 +234,7 @@ class CudaBackend(AnalyticBackend):
         matter; with ``reduce`` everything runs in the engine's loop (one bucket per iteration)."""
         if reduce is not None:
             return super().run_interleaved(layers, report, reduce)
-        fused = [lay for lay in layers if lay.linear and lay.hp.iterations and lay.Vw.dtype in _DTYPES]
+        fused = [lay for lay in layers if lay.linear and lay.hp.iterations and lay.weight.dtype in _DTYPES]
         for lay in fused:
             self._run_linear(lay, report)
         super().run_interleaved([lay for lay in layers if all(lay is not f for f in fused)], report, None)
@@ -242,7 +242,7 @@ class CudaBackend(AnalyticBackend):
     def _run_linear(self, lay, report: str) -> None:
         """All iterations of a Linear layer, one persistent launch per precomputed chunk."""
         for _, _, loss_from in lay.chunks(report):
-            losses = fused_linear_chain_(lay.Vw, lay.bufw, lay.A.contiguous(), lay.C.contiguous(), lay.hp.lr,
+            losses = fused_linear_chain_(lay.weight, lay.momentum_buffer, lay.A.contiguous(), lay.C.contiguous(), lay.hp.lr,
                                          lay.hp.momentum, lay.hp.weight_decay, lay.scale, loss_from)
             lay.losses.extend(losses.unbind(0))
 
@@ -253,9 +253,9 @@ class CudaBackend(AnalyticBackend):
         return fused_ldrl_loss(dr_y, A, V, layer.scale)
 
     def step_layers(self, layers, grads, k: int) -> None:
-        """The momentum-SGD steps of iteration k of several layers (the engine's ``_Layer``
-        objects, with their gradients) in one fused launch; the same update as ``_Layer.apply``."""
-        fused_momentum_sgd_([lay.Vw for lay in layers], grads, [lay.bufw for lay in layers],
+        """The momentum-SGD steps of iteration k of several layers (the engine's ``LayerState``
+        objects, with their gradients) in one fused launch; the same update as ``LayerState.apply``."""
+        fused_momentum_sgd_([lay.weight for lay in layers], grads, [lay.momentum_buffer for lay in layers],
                             [lay.hp.lr for lay in layers], [lay.hp.momentum for lay in layers],
                             [lay.hp.weight_decay for lay in layers])
         for lay in layers:

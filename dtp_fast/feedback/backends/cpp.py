@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext, ops
-from .analytic import AnalyticBackend
-from .engine import register_backend
+from ... import _ext, ops
+from ..engine import register_backend
+from .torch import TorchBackend
 
-__all__ = ["FusedCPUBackend"]
+__all__ = ["CppBackend", "FusedCPUBackend"]
 
 
-class FusedCPUBackend(AnalyticBackend):
+class CppBackend(TorchBackend):
     name = "cpp"
 
     def availability(self, device):
@@ -43,4 +43,7 @@ class FusedCPUBackend(AnalyticBackend):
                                      impl="compiled")
 
 
-register_backend(FusedCPUBackend(), priority=20)
+register_backend(CppBackend(), priority=20)
+
+#: The name this class had before 0.2 (still importable).
+FusedCPUBackend = CppBackend

@@ -39,9 +39,9 @@ from collections import OrderedDict
 
 import torch
 
-from ..noise import CounterNoise, NoiseBlock
-from .analytic import AnalyticBackend
-from .engine import register_backend
+from ...noise import CounterNoise, NoiseBlock
+from ..engine import register_backend
+from .torch import TorchBackend
 
 __all__ = ["TritonBackend"]
 
@@ -54,7 +54,7 @@ class _ChainGraph:
     """Static tensors and the captured CUDA graph of one shape of the conv chain."""
 
     def __init__(self):
-        self.buffers = {}        # block index (_Layer.index) -> {"V", "buf", "A", "dh2"}
+        self.buffers = {}        # block index (LayerState.index) -> {"V", "buf", "A", "dh2"}
         self.table = None        # per-layer scalars
         self.losses = None       # (layers, iterations) losses written by the graph
         self.graph = None
@@ -62,7 +62,7 @@ class _ChainGraph:
         self.failed = None       # why capture failed, if it did
 
 
-class TritonBackend(AnalyticBackend):
+class TritonBackend(TorchBackend):
     """Autograd-free L-DRL with fused Triton kernels; CUDA only (see the module doc).
 
     Args:
@@ -90,7 +90,7 @@ class TritonBackend(AnalyticBackend):
 
     # ------------------------------------------------------------------ registry
     def availability(self, device):
-        from .. import kernels
+        from ... import kernels
 
         if device.type != "cuda":
             return False, (f"fused Triton kernels for CUDA devices only (this is {device.type}); on a CPU use "
@@ -103,7 +103,7 @@ class TritonBackend(AnalyticBackend):
         return True, ("fused Triton kernels (in-kernel Philox noise, fused pool/unpool perturbations, persistent "
                       "Linear chain, multi-tensor momentum) and a CUDA-graphed chain")
 
-    def _workers(self, device, hparams, budget, blocks, batch, element_size) -> int:
+    def workers(self, device, hparams, budget, blocks, batch, element_size) -> int:
         return 1  # layers interleaved on one stream (and one thread under the interpreter)
 
     def tf32_enabled(self, device) -> bool:
@@ -145,7 +145,7 @@ class TritonBackend(AnalyticBackend):
         counter = self._counter(noise)
         if counter is None:
             return super().noisy_input(noise, sigma, x, fmt)
-        from ..kernels.noise import noise_fill_
+        from ...kernels.noise import noise_fill_
 
         key, offset, k0, samples = counter
         out = torch.empty((noise.n * samples * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device,
@@ -156,12 +156,12 @@ class TritonBackend(AnalyticBackend):
     def dh1(self, block, x_noisy, h0):
         if block.pool is None:
             return super().dh1(block, x_noisy, h0)
-        from ..kernels.pool import pool_unpool_diff
+        from ...kernels.pool import pool_unpool_diff
 
         return pool_unpool_diff(block.f_op(x_noisy), h0, block.act, *block.pool, block=self.block)
 
     def _dh2(self, block, y, eps: NoiseBlock, sigma, switches, h0, out=None):
-        from ..kernels.pool import noisy_unpool_diff
+        from ...kernels.pool import noisy_unpool_diff
 
         counter = self._counter(eps)
         tensor = None if counter is not None else eps.materialize(y.device, y.dtype)
@@ -174,16 +174,16 @@ class TritonBackend(AnalyticBackend):
 
     def conv_precompute(self, layer, dx, eps_y, n: int):
         static = self._current.buffers.get(layer.index) if self._current is not None else None
-        dh1 = self.dh1(layer.block, (dx + layer.x).flatten(0, 1), layer.h0).contiguous(memory_format=layer.fmt)
+        dh1 = self.dh1(layer.block, (dx + layer.x).flatten(0, 1), layer.h0).contiguous(memory_format=layer.memory_format)
         dh2 = self._dh2(layer.block, layer.y, eps_y, layer.hp.noise, layer.switches, layer.h0,
                         out=None if static is None else static["dh2"])
         dx = dx.reshape(n, -1, *dx.shape[2:])
         dh1 = dh1.reshape(n, -1, *dh1.shape[1:])
-        V = layer.Vw
+        V = layer.weight
         A = static["A"] if static is not None else torch.empty_strided((n, *V.shape), (V.numel(), *V.stride()),
                                                                        dtype=V.dtype, device=V.device)
         for j in range(n):
-            A[j].copy_(layer._wgrad(dh1[j], dx[j]))
+            A[j].copy_(layer.wgrad(dh1[j], dx[j]))
         return A, dh2.reshape(n, -1, *dh2.shape[1:])
 
     # ------------------------------------------------------------------ the chain
@@ -194,9 +194,9 @@ class TritonBackend(AnalyticBackend):
     def run_interleaved(self, layers, report: str, reduce=None) -> None:
         if reduce is not None or not layers:
             return super().run_interleaved(layers, report, reduce)
-        from ..kernels.chain import layer_scalars
+        from ...kernels.chain import layer_scalars
 
-        like = layers[0].Vw
+        like = layers[0].weight
         rows = [(lay.hp.lr, lay.hp.momentum, lay.hp.weight_decay, 2 * lay.scale, lay.scale) for lay in layers]
         most = max(lay.hp.iterations for lay in layers)
         linear = [i for i, lay in enumerate(layers) if lay.linear and lay.hp.iterations]
@@ -212,18 +212,18 @@ class TritonBackend(AnalyticBackend):
 
     def _run_linear(self, lay, scalars, losses, report: str) -> None:
         """All iterations of a Linear layer, one persistent launch per precomputed chunk."""
-        from ..kernels.chain import linear_chain_
+        from ...kernels.chain import linear_chain_
 
-        scratch = torch.empty_like(lay.Vw)
+        scratch = torch.empty_like(lay.weight)
         for k, n, loss_from in lay.chunks(report):
-            linear_chain_(lay.Vw, lay.bufw, lay.A.contiguous(), lay.C.contiguous(), scalars, losses[k:k + n],
+            linear_chain_(lay.weight, lay.momentum_buffer, lay.A.contiguous(), lay.C.contiguous(), scalars, losses[k:k + n],
                           loss_from, scratch=scratch)
         lay.losses.extend(losses[k] for k in range(lay.hp.iterations) if self._wanted(report, lay, k))
 
     def _conv_step(self, k: int, layers, conv, table, losses, report: str, prepare: bool) -> None:
         """Iteration k of every conv layer still running: transposed conv, weight gradient, the
         loss if wanted, then one momentum step for all of them."""
-        from ..kernels.chain import ldrl_loss_, momentum_step_
+        from ...kernels.chain import ldrl_loss_, momentum_step_
 
         params, bufs, quads, subs, scal = [], [], [], [], []
         for i in conv:
@@ -231,13 +231,13 @@ class TritonBackend(AnalyticBackend):
             if k >= lay.hp.iterations:
                 continue
             if prepare and k >= lay.start + lay.held:
-                lay._prepare(k)
+                lay.prepare(k)
             j = k - lay.start
             dr_y, quad = self.conv_chain(lay, lay.stored[j])
             if self._wanted(report, lay, k):
-                ldrl_loss_(losses[i, k:k + 1], dr_y, lay.A[j], lay.Vw, table[i])
-            params.append(lay.Vw)
-            bufs.append(lay.bufw)
+                ldrl_loss_(losses[i, k:k + 1], dr_y, lay.A[j], lay.weight, table[i])
+            params.append(lay.weight)
+            bufs.append(lay.momentum_buffer)
             quads.append(quad)
             subs.append(lay.A[j])
             scal.append(table[i])
@@ -247,7 +247,7 @@ class TritonBackend(AnalyticBackend):
         """Why the conv chain cannot be graphed (None: it can)."""
         if not self.cuda_graphs or _env_off("DTP_FAST_CUDA_GRAPHS"):
             return "CUDA graphs turned off"
-        if layers[conv[0]].Vw.device.type != "cuda":
+        if layers[conv[0]].weight.device.type != "cuda":
             return "not on CUDA"
         short = [layers[i].name for i in conv if layers[i].chunk < layers[i].hp.iterations]
         if short:
@@ -259,18 +259,18 @@ class TritonBackend(AnalyticBackend):
         for i in conv:
             lay = layers[i]
             g = lay.block.g_op
-            parts.append((i, tuple(lay.Vw.shape), lay.Vw.stride(), tuple(lay.x.shape), tuple(lay.y.shape),
-                          tuple(lay.h0.shape), lay.hp, lay.B, g.stride, g.padding, g.output_padding, g.dilation))
-        dev = layers[conv[0]].Vw.device
-        return dev, layers[conv[0]].Vw.dtype, report, torch.backends.cudnn.allow_tf32, tuple(parts)
+            parts.append((i, tuple(lay.weight.shape), lay.weight.stride(), tuple(lay.x.shape), tuple(lay.y.shape),
+                          tuple(lay.h0.shape), lay.hp, lay.batch, g.stride, g.padding, g.output_padding, g.dilation))
+        dev = layers[conv[0]].weight.device
+        return dev, layers[conv[0]].weight.dtype, report, torch.backends.cudnn.allow_tf32, tuple(parts)
 
     def _run_conv(self, layers, conv, rows, most: int, report: str) -> None:
-        from ..kernels.chain import layer_scalars
+        from ...kernels.chain import layer_scalars
 
         why = self._graphable(layers, conv)
         if why is not None:
-            table = layer_scalars(rows, layers[conv[0]].Vw)
-            losses = layers[conv[0]].Vw.new_zeros(len(layers), most)
+            table = layer_scalars(rows, layers[conv[0]].weight)
+            losses = layers[conv[0]].weight.new_zeros(len(layers), most)
             for k in range(most):
                 self._conv_step(k, layers, conv, table, losses, report, prepare=True)
             self.last_chain = f"eager ({why})"
@@ -282,23 +282,23 @@ class TritonBackend(AnalyticBackend):
             lay.next_k = lay.hp.iterations
 
     def _run_conv_graphed(self, layers, conv, rows, most: int, report: str) -> torch.Tensor:
-        from ..kernels.chain import layer_scalars
+        from ...kernels.chain import layer_scalars
 
         key = self._graph_key(layers, conv, report)
         entry = self._graphs.pop(key, None)
         if entry is None:
             entry = _ChainGraph()
-            like = layers[conv[0]].Vw
+            like = layers[conv[0]].weight
             entry.table = layer_scalars(rows, like)
             entry.losses = like.new_zeros(len(layers), most)
             for i in conv:
                 lay = layers[i]
-                n, V = lay.hp.iterations, lay.Vw
-                shape = (n * lay.hp.samples * lay.B, *lay.h0.shape[1:])
+                n, V = lay.hp.iterations, lay.weight
+                shape = (n * lay.hp.samples * lay.batch, *lay.h0.shape[1:])
                 entry.buffers[lay.index] = {
-                    "V": torch.empty_like(V), "buf": torch.empty_like(lay.bufw),
+                    "V": torch.empty_like(V), "buf": torch.empty_like(lay.momentum_buffer),
                     "A": torch.empty_strided((n, *V.shape), (V.numel(), *V.stride()), dtype=V.dtype, device=V.device),
-                    "dh2": torch.empty(shape, dtype=V.dtype, device=V.device, memory_format=lay.fmt),
+                    "dh2": torch.empty(shape, dtype=V.dtype, device=V.device, memory_format=lay.memory_format),
                 }
         while len(self._graphs) >= self.max_graphs:
             self._graphs.popitem(last=False)
@@ -307,12 +307,12 @@ class TritonBackend(AnalyticBackend):
         for i in conv:
             lay = layers[i]
             st = entry.buffers[lay.index]
-            lay.Vw = st["V"].copy_(lay.Vw)
-            lay.bufw = st["buf"].copy_(lay.bufw)
+            lay.weight = st["V"].copy_(lay.weight)
+            lay.momentum_buffer = st["buf"].copy_(lay.momentum_buffer)
         self._current = entry
         try:
             for i in conv:
-                layers[i]._prepare(0)
+                layers[i].prepare(0)
         finally:
             self._current = None
 

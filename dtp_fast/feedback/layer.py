@@ -1,0 +1,170 @@
+"""The per-layer state of the precomputing backends: :class:`LayerState`.
+
+A fast backend (a subclass of :class:`dtp_fast.feedback.TorchBackend`, see
+README "Write a backend") receives one :class:`LayerState` per trainable
+feedback layer and batch in its hooks, and may read and change the attributes
+documented on the class; everything else about it is private.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..noise import NoiseBlock
+
+__all__ = ["LayerState"]
+
+
+class LayerState:
+    """One feedback layer's L-DRL training on one batch (ALGORITHM.md section 5).
+
+    Created by :meth:`TorchBackend.train` for every trainable feedback layer
+    ``G_index`` and handed to the backend's hooks. Read-only for hooks:
+
+    - ``block`` (the :class:`~dtp_fast.Block`), ``index`` (i of G_i, 1-based),
+      ``name``, ``hp`` (its :class:`~dtp_fast.feedback.LayerHParams`);
+    - ``x`` = s_{i-1} (in ``memory_format``), ``y`` = s_i, ``switches`` (I0 or
+      None), ``h0`` = h(y; I0) (in ``memory_format``), ``batch`` (B),
+      ``scale`` = 1 / (samples * B), ``linear`` (a Linear feedback block);
+    - ``memory_format``: channels_last for conv blocks (oneDNN's convolutions
+      and weight gradients are up to 2x faster in it on CPUs), contiguous for
+      Linear blocks;
+    - the current chunk: iterations ``start .. start + held - 1`` are
+      precomputed, with ``A`` (held, *V) and ``stored`` (conv: dh2 of each
+      iteration, (held, S*B, *h)) or ``C`` (Linear: (held, d_out, d_out)).
+
+    Read-write for hooks:
+
+    - ``weight``: the working copy of the feedback weight V (in
+      ``memory_format``) and ``momentum_buffer``: its momentum buffer; both are
+      written back to the network and the :class:`FeedbackState` by
+      :meth:`finish`. A hook may replace them by tensors of the same shape,
+      dtype and values (e.g. static buffers of a CUDA graph);
+    - ``losses``: append each reported iteration's loss (a 0-dim tensor);
+    - ``next_k``: the next iteration to run; set it past the iterations a hook
+      ran itself.
+
+    Methods for hooks: :meth:`prepare` (precompute a chunk), :meth:`chunks`,
+    :meth:`gradient`, :meth:`apply`, :meth:`conv_t`, :meth:`wgrad`.
+    """
+
+    def __init__(self, engine, block, index, name, hp, x, y, switches, state, noise, step, chunk, offset=0):
+        self.engine, self.block, self.index, self.name, self.hp = engine, block, index, name, hp
+        self.linear = block.kind == "linear"
+        fmt = torch.contiguous_format if self.linear else torch.channels_last
+        self.memory_format = fmt
+        self.x, self.y, self.switches = x.contiguous(memory_format=fmt), y, switches
+        self.noise, self.step, self.chunk, self.offset = noise, step, chunk, offset
+        self._V = block.g_op.weight
+        self._buf = state.buffer(name, "weight", self._V)
+        self.weight = self._V.detach().clone(memory_format=fmt)
+        self.momentum_buffer = self._buf.clone(memory_format=fmt)
+        self.h0 = block.h(y, switches).contiguous(memory_format=fmt)
+        self.batch = x.shape[0]
+        self.scale = 1.0 / (hp.samples * self.batch)
+        self.start = 0          # first iteration held in the current chunk
+        self.held = 0           # iterations held
+        self.next_k = 0         # next iteration to run
+        self.losses = []
+        self.A = self.C = self.stored = None
+        # multiply-adds of one iteration's transposed convolution (or matrix product): for scheduling
+        self.cost = self._V.numel() * hp.samples * self.batch * (
+            1 if self.linear else math.prod(block.pre_pool_shape[1:]))
+
+    def remaining_cost(self) -> int:
+        return (self.hp.iterations - self.next_k) * self.cost
+
+    def run_chunk(self, report: str) -> None:
+        """Precompute the next chunk of iterations and run them."""
+        self.prepare(self.next_k)
+        for k in range(self.start, self.start + self.held):
+            self.iterate(k, report == "all" or (report == "last" and k == self.hp.iterations - 1))
+
+    def chunks(self, report: str):
+        """Precompute the layer's chunks in turn, for backends that run a whole chunk in one
+        kernel; yields ``(k0, n, loss_from)``: the chunk's iterations ``k0 .. k0 + n - 1`` and
+        the position in it of the first iteration whose loss is reported (``n``: none)."""
+        iters, k = self.hp.iterations, 0
+        while k < iters:
+            self.prepare(k)
+            n = self.held
+            if report == "all":
+                yield k, n, 0
+            else:
+                yield k, n, n - 1 if report == "last" and k + n == iters else n
+            k += n
+            self.next_k = k
+
+    def finish(self) -> None:
+        """Write the trained weight and its momentum buffer back."""
+        self._V.copy_(self.weight)
+        self._buf.copy_(self.momentum_buffer)
+
+    # --------------------------------------------------------------- precompute
+    def prepare(self, k0: int) -> None:
+        """Precompute iterations k0 .. k0 + n - 1 (n: the planned chunk, or fewer at the end):
+        ``A`` and ``C`` or ``stored``, in one batched pass through the backend's hooks."""
+        hp, B = self.hp, self.batch
+        self.A = self.C = self.stored = None      # the previous chunk's, no longer needed
+        n = min(self.chunk, hp.iterations - k0)
+        SB = hp.samples * B
+        fmt = self.memory_format
+
+        def noise_of(which, like):
+            return NoiseBlock(self.noise, self.step, self.index, which, k0, n, hp.samples, self.offset,
+                              tuple(like.shape))
+        dx = self.engine.noisy_input(noise_of("x", self.x), hp.noise, self.x, fmt).unflatten(0, (-1, B))
+        eps_y = noise_of("y", self.y)
+        if self.linear:
+            dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)        # (n*S*B, *h)
+            dh2 = self.engine.dh2(self.block, self.y, eps_y, hp.noise, self.switches, self.h0)
+            dx, dh1, dh2 = (t.reshape(n, SB, -1) for t in (dx, dh1, dh2))
+            self.A = torch.bmm(dx.transpose(1, 2), dh1)      # (n, d_in, d_out)
+            self.C = torch.bmm(dh2.transpose(1, 2), dh2)     # (n, d_out, d_out)
+        else:
+            self.A, self.stored = self.engine.conv_precompute(self, dx, eps_y, n)
+        self.start, self.held = k0, n
+
+    # --------------------------------------------------------------- the chain
+    def conv_t(self, h):
+        """The feedback convolution without bias, ``V * h``, with the working weight."""
+        g = self.block.g_op
+        return torch.nn.functional.conv_transpose2d(h, self.weight, None, g.stride, g.padding, g.output_padding, 1,
+                                                    g.dilation)
+
+    def wgrad(self, inp, grad_out):
+        """Weight gradient of conv_transpose2d(inp, V) given grad_out: by adjointness,
+        the weight gradient of conv2d(grad_out, V) given inp."""
+        g = self.block.g_op
+        return torch.ops.aten.convolution_backward(
+            inp, grad_out, self.weight, None, g.stride, g.padding, g.dilation, False, [0, 0], 1,
+            [False, True, False])[1]
+
+    def iterate(self, k: int, want_loss: bool) -> None:
+        self.apply(self.gradient(k, want_loss), k)
+
+    def gradient(self, k: int, want_loss: bool) -> torch.Tensor:
+        """The gradient of iteration k (and its loss, appended to ``losses``, if wanted)."""
+        if k >= self.start + self.held:
+            self.prepare(k)
+        j = k - self.start
+        V, A = self.weight, self.A[j]
+        if self.linear:
+            quad = V @ self.C[j]                   # wgrad(dh2, V dh2)
+            if want_loss:
+                self.losses.append(self.scale * ((quad * V).sum() - 2 * (A * V).sum()))
+        else:
+            dr_y, quad = self.engine.conv_chain(self, self.stored[j])
+            if want_loss:
+                self.losses.append(self.engine.conv_loss(self, dr_y, A, V))
+        return quad.sub_(A).mul_(2 * self.scale)
+
+    def apply(self, grad: torch.Tensor, k: int) -> None:
+        """The momentum-SGD step of iteration k with ``grad`` (changed in place)."""
+        hp, V = self.hp, self.weight
+        if hp.weight_decay:
+            grad.add_(V, alpha=hp.weight_decay)
+        self.momentum_buffer.mul_(hp.momentum).add_(grad)
+        V.add_(self.momentum_buffer, alpha=-hp.lr)
+        self.next_k = k + 1

@@ -1,0 +1,112 @@
+"""The memory planner of the precomputing backends (``torch``, ``cpp``, ``triton``, ``cuda``).
+
+Every iteration's perturbations (dx, the noisy forward pass, dh1, dh2) do not
+depend on the feedback weights, so a backend precomputes them for a *chunk* of
+iterations at once. The chunk is the largest number of iterations whose stored
+results (per iteration: dh2 and A_k for a conv block, A_k and C_k for a Linear
+block) and transient work fit in the memory budget:
+
+- :func:`resolve_budget` turns the user's budget (bytes, ``None`` for no limit,
+  ``"auto"``) into bytes for a device;
+- :func:`minimum_memory_budget` is what one iteration of every layer needs;
+- :func:`plan_chunk` is the chunk length for a budget.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..utils import available_memory
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "AUTO_BUDGET_SHARE", "AUTO_BUDGET_MAX", "auto_memory_budget", "resolve_budget",
+           "minimum_memory_budget", "plan_chunk"]
+
+# The fast backends' default memory budget: "auto", a share of the memory the device has available.
+DEFAULT_MEMORY_BUDGET = "auto"
+AUTO_BUDGET_SHARE = 0.25
+AUTO_BUDGET_MAX = 8 * 2**30
+
+
+def auto_memory_budget(device) -> tuple[int, int]:
+    """``(budget, available)`` in bytes for ``device``: the budget is :data:`AUTO_BUDGET_SHARE` of the
+    memory available (free GPU memory, or the host's available memory within its cgroup limit), rounded
+    down to a power of two (so that the chunks, which it sizes, do not change from batch to batch as the
+    free memory moves a little), at most :data:`AUTO_BUDGET_MAX`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        available, _ = torch.cuda.mem_get_info(device)
+    else:
+        available = available_memory()
+    share = int(available * AUTO_BUDGET_SHARE)
+    return min(1 << max(share, 1).bit_length() - 1, AUTO_BUDGET_MAX), int(available)
+
+
+def resolve_budget(budget, device, need: int) -> int | None:
+    """The byte budget of a run: an explicit one as it is (None: no limit); ``"auto"``: the
+    :func:`auto_memory_budget`, raised to ``need`` (one iteration of every layer) when that fits in
+    the memory available, with a clear error when it does not."""
+    if budget != "auto":
+        return budget
+    auto, available = auto_memory_budget(device)
+    if auto >= need:
+        return auto
+    if need <= available:
+        return need
+    raise ValueError(f"one feedback iteration of every layer needs {need / 2**20:.2f} MiB but only "
+                     f"{available / 2**20:.2f} MiB of {torch.device(device).type} memory is available: lower the "
+                     f"batch size or free memory")
+
+
+def _stored_and_transient(block, batch: int, samples: int, element_size: int) -> tuple[int, int]:
+    """Bytes one precomputed iteration of ``block`` keeps until it is used (dh2 and A_k,
+    or A_k and C_k for a Linear block), and bytes it needs while it is computed
+    (noise, noisy inputs, the noisy forward pass and its switches, dh1; an upper bound)."""
+    x, h, y, v = (math.prod(block.in_shape), math.prod(block.pre_pool_shape), math.prod(block.out_shape),
+                  block.g_op.weight.numel())
+    n = samples * batch
+    if block.kind == "linear":
+        stored = v + h * h
+    else:
+        stored = n * h + v
+    transient = n * (3 * x + 4 * h + 4 * y)
+    return stored * element_size, transient * element_size
+
+
+def minimum_memory_budget(blocks, hparams, batch: int, element_size: int, workers: int = 1) -> int:
+    """The smallest budget that holds one iteration of every layer at once, with
+    ``workers`` layers precomputing at the same time."""
+    return _chunk_bytes(1, blocks, hparams, batch, element_size, workers)
+
+
+def _chunk_bytes(n, blocks, hparams, batch, element_size, workers=1) -> int:
+    """Memory of chunks of n iterations: every layer's stored chunk at once, plus the
+    transients of the ``workers`` layers that precompute at the same time (the largest)."""
+    stored, transients = 0, []
+    for b, hp in zip(blocks, hparams):
+        if hp.iterations > 0:
+            s, t = _stored_and_transient(b, batch, hp.samples, element_size)
+            k = min(n, hp.iterations)
+            stored += k * s
+            transients.append(k * t)
+    return stored + sum(sorted(transients, reverse=True)[:workers])
+
+
+def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: int | None, workers: int = 1) -> int:
+    """The number of iterations every layer precomputes at once: the largest n whose
+    chunks fit in ``budget`` bytes (None: no limit) with ``workers`` layers precomputing
+    at the same time."""
+    most = max((hp.iterations for hp in hparams), default=0)
+    if budget is None:
+        return max(1, most)
+    need = minimum_memory_budget(blocks, hparams, batch, element_size, workers)
+    if budget < need:
+        raise ValueError(
+            f"feedback memory budget of {budget / 2**20:.2f} MiB is too small for one iteration of every layer "
+            f"of {', '.join(n for n, hp in zip(names, hparams) if hp.iterations)}; the minimum for this network "
+            f"and batch is {need / 2**20:.2f} MiB ({need} bytes): raise memory_budget (--feedback-memory) or "
+            f"lower the batch size")
+    n = 1
+    while n < most and _chunk_bytes(n + 1, blocks, hparams, batch, element_size, workers) <= budget:
+        n += 1
+    return n
