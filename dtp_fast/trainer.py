@@ -95,7 +95,9 @@ class Trainer:
 
     Args:
         net: the network (forward and feedback blocks).
-        dataset: a :class:`~dtp_fast.data.Dataset`.
+        dataset: a :class:`~dtp_fast.data.Dataset`; None for a trainer driven
+            batch by batch through :meth:`train_step` (then :meth:`fit`,
+            :meth:`evaluate` and :meth:`diagnostics` are unavailable).
         config: a :class:`TrainConfig`.
         out: a folder for ``metrics.jsonl``, ``summary.json`` and the
             checkpoint (optional).
@@ -108,7 +110,7 @@ class Trainer:
             trains on its slice and the result equals one process's.
     """
 
-    def __init__(self, net, dataset: Dataset, config: TrainConfig | None = None, *, out=None,
+    def __init__(self, net, dataset: Dataset | None = None, config: TrainConfig | None = None, *, out=None,
                  resume: bool = False, noise: NoiseSource | None = None, info: dict | None = None,
                  dist: Distributed | None = None):
         self.config = config = config or TrainConfig()
@@ -120,10 +122,10 @@ class Trainer:
                              f"{self.dist.world}")
         self.device = resolve_device(config.device)
         self.dtype = getattr(torch, config.dtype)
-        if tuple(dataset.in_shape) != tuple(net.in_shape):
+        if dataset is not None and tuple(dataset.in_shape) != tuple(net.in_shape):
             raise ValueError(f"the data set's images have shape {tuple(dataset.in_shape)} but the network expects "
                              f"{tuple(net.in_shape)}: build the network for this data set")
-        if dataset.num_classes != net.num_classes:
+        if dataset is not None and dataset.num_classes != net.num_classes:
             raise ValueError(f"the data set has {dataset.num_classes} classes but the network outputs "
                              f"{net.num_classes}")
         self.net = net.to(device=self.device, dtype=self.dtype)
@@ -150,13 +152,15 @@ class Trainer:
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=config.t_max or config.epochs, eta_min=config.eta_min)
-        loader_kw = dict(device=self.device, dtype=self.dtype, seed=config.seed)
-        shard = (self.dist.rank, self.dist.world)
-        self.train_loader = Loader(dataset, "train", config.batch_size, augment=config.augment,
-                                   limit_batches=config.limit_batches, shard=shard, **loader_kw)
-        self.test_loader = Loader(dataset, "test", max(config.batch_size, 256), shard=shard, empty_shards=True,
-                                  **loader_kw)
-        self.diag_loader = Loader(dataset, "test", 256, **loader_kw)   # the same batch on every rank
+        self.train_loader = self.test_loader = self.diag_loader = None
+        if dataset is not None:
+            loader_kw = dict(device=self.device, dtype=self.dtype, seed=config.seed)
+            shard = (self.dist.rank, self.dist.world)
+            self.train_loader = Loader(dataset, "train", config.batch_size, augment=config.augment,
+                                       limit_batches=config.limit_batches, shard=shard, **loader_kw)
+            self.test_loader = Loader(dataset, "test", max(config.batch_size, 256), shard=shard, empty_shards=True,
+                                      **loader_kw)
+            self.diag_loader = Loader(dataset, "test", 256, **loader_kw)   # the same batch on every rank
         self.epoch = 0          # completed epochs
         self.step = 0           # completed training steps (batches)
         self.history: list[dict] = []
@@ -174,9 +178,17 @@ class Trainer:
     def _description(self) -> dict:
         """What every rank of a data-parallel run must agree on."""
         config = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("device", "progress")}
-        return {**config, "network": [(n, tuple(p.shape)) for n, p in self.net.named_parameters()],
-                "epoch": self.epoch, "step": self.step, "dataset": self.dataset.name,
-                "train_size": self.train_loader.num_samples, "test_size": self.test_loader.num_samples}
+        out = {**config, "network": [(n, tuple(p.shape)) for n, p in self.net.named_parameters()],
+                "epoch": self.epoch, "step": self.step}
+        if self.dataset is not None:
+            out.update(dataset=self.dataset.name, train_size=self.train_loader.num_samples,
+                       test_size=self.test_loader.num_samples)
+        return out
+
+    def _need_data(self, what: str) -> None:
+        if self.dataset is None:
+            raise ValueError(f"Trainer.{what}() needs a data set: this trainer was built with dataset=None; pass "
+                             f"one (Trainer(net, dataset, config)), or drive it batch by batch with train_step(x, y)")
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> Path | None:
@@ -250,14 +262,25 @@ class Trainer:
                 f"{what} is {float(value)} at epoch {self.epoch + 1}, batch {batch + 1} (step {self.step}); "
                 f"training stopped and {last}. Lower the learning rates (lr, feedback_lr) or the noise.")
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, watch: Stopwatch, batch: int = 0, offset: int = 0,
-                   weight: float = 1.0) -> dict:
-        """One training step on a batch. Returns the loss, correct count and feedback stats.
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, watch: Stopwatch | None = None, batch: int = 0,
+                   offset: int = 0, weight: float = 1.0) -> dict:
+        """One training step on a batch ``x`` (images, moved to the trainer's device and dtype) with
+        integer labels ``y``: for L-DRL the feedback phase, then the DTP update of the forward
+        weights. Returns ``{"loss", "correct", "feedback": {layer: {"iterations", "loss"}}}``.
+        The step counter (part of the noise key) advances by one.
+
+        ``watch``: a :class:`~dtp_fast.utils.Stopwatch` that accumulates the feedback and
+        forward seconds (optional); ``batch``: the batch's index in the epoch (for error
+        messages).
 
         Data-parallel runs: ``x, y`` are this rank's rows ``offset ..`` of the global batch,
         ``weight`` their share of it (rows / global rows); gradients and losses are
         averaged over the global batch.
         """
+        if watch is None:
+            watch = Stopwatch(self.device, sync=False)
+        x = x.to(self.device, self.dtype)
+        y = y.to(self.device)
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         stats = {}
@@ -298,6 +321,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Top-1 (and top-5 with more than 5 classes) accuracy and mean cross-entropy on the test split
         (data-parallel runs: each rank evaluates its slice, the counts are summed)."""
+        self._need_data("evaluate")
         self.net.eval()
         n = correct = correct5 = 0
         loss = 0.0
@@ -317,6 +341,7 @@ class Trainer:
 
     def diagnostics(self) -> dict:
         """Weight alignment of the feedback layers and the DTP/backprop gradient angles on a test batch."""
+        self._need_data("diagnostics")
         x, y = next(iter(self.diag_loader))
         out = {"alignment": weight_alignment(self.net) if self.rule in ("difference", "tp") else {}}
         out["gradient_angle_deg"] = gradient_alignment(self.net, x, y, rule=self.rule or "difference")
@@ -326,6 +351,7 @@ class Trainer:
     def train_epoch(self) -> dict:
         from tqdm.auto import tqdm
 
+        self._need_data("train_epoch")
         cfg = self.config
         self.train_loader.set_epoch(self.epoch)
         watch = Stopwatch(self.device)
@@ -377,6 +403,7 @@ class Trainer:
         ``stop_after`` trains at most that many epochs in this call (a run
         split over several jobs, each resuming the last).
         """
+        self._need_data("fit")
         end = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
         try:
             while self.epoch < end:
@@ -450,7 +477,7 @@ class Trainer:
         return {
             **self.info,
             "algo": self.config.algo,
-            "dataset": self.info.get("dataset", self.dataset.name),
+            "dataset": self.info.get("dataset", self.dataset.name if self.dataset is not None else None),
             "backend": (self.backend if self.backend is not None
                         else "none (backprop)" if self.config.algo == "bp" else "autograd (family method)"),
             "device": str(self.device),

@@ -58,10 +58,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 class Stopwatch:
-    """Accumulates wall time per named phase, synchronising CUDA so GPU work is counted."""
+    """Accumulates wall time per named phase, synchronising CUDA so GPU work is counted
+    (``sync=False``: no synchronisation, for callers that do not read the times)."""
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+    def __init__(self, device: torch.device, sync: bool = True):
+        self.cuda = sync and torch.device(device).type == "cuda"
         self.totals: dict[str, float] = {}
 
     def _sync(self):

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -146,3 +147,23 @@ def test_cli_info_json(capsys):
     assert "available" in info["compiled_extension"]
     mem = info["feedback_memory_mib"]["cpu"]
     assert 0 < mem["auto_budget"] <= mem["available"] / 4 + 0.1
+
+
+def test_train_step_needs_neither_a_data_set_nor_a_stopwatch():
+    """The public one-batch step: a Trainer built without a data set, fed one batch by hand, trains the
+    same weights as the epoch loop on that batch; the loop-only methods say what they need."""
+    with_data = make_run("lenet", "digits", algo="ldrl", epochs=1, limit_batches=1, batch_size=16, progress=False,
+                         diagnostics=False, augment=False)
+    bare = dtp_fast.Trainer(copy.deepcopy(with_data.net), None, with_data.config)
+    with_data.train_loader.set_epoch(0)
+    x, y = next(iter(with_data.train_loader))
+    record = bare.train_step(x.float(), y)      # moved to the trainer's dtype and device by train_step
+    with_data.train_epoch()
+    assert bare.step == with_data.step == 1 and set(record) == {"loss", "correct", "feedback"}
+    assert set(record["feedback"]) == set(bare.net.feedback_names)
+    for k, v in with_data.net.state_dict().items():
+        assert torch.equal(v, bare.net.state_dict()[k]), k
+    with pytest.raises(ValueError, match="needs a data set"):
+        bare.fit()
+    with pytest.raises(ValueError, match="needs a data set"):
+        bare.evaluate()
