@@ -234,3 +234,46 @@ def test_asynchronous_reduce_overlaps_the_next_chunks_precomputation(backend, mo
     if backend != "reference":
         inside = [e for i, e in enumerate(events) if e[0] == "prepare" and events[i - 1] == ("reduce",)]
         assert inside and all(k0 % 2 == 0 for _, k0 in inside), events
+
+
+def test_a_backend_written_from_the_documented_seam_equals_reference(monkeypatch):
+    """README "Write a backend": subclass TorchBackend, override hooks using only LayerState's public
+    attributes, register it. Here dh2 is written out by hand (noisy output, unpool with the clean switches,
+    activation, minus h0) and the momentum step is a loop of its own; the result must equal `reference`."""
+    from dtp_fast.feedback import TorchBackend, engine, register_backend
+
+    calls = {"dh2": 0, "step_layers": 0}
+
+    class HandWritten(TorchBackend):
+        name = "hand-written"
+
+        def availability(self, device):
+            return device.type == "cpu", "CPU only"
+
+        def dh2(self, block, y, eps, sigma, switches, h0):
+            calls["dh2"] += 1
+            copies = eps.n * eps.samples           # eps: a NoiseBlock of n iterations x samples x batch rows
+            noisy = y.repeat(copies, *[1] * (y.dim() - 1)) + sigma * eps.materialize(y.device, y.dtype)
+            sw = None if switches is None else switches.repeat(copies, *[1] * (switches.dim() - 1))
+            h2 = block.h(noisy, sw)                 # act(unpool(y + dy; I0))
+            return (h2.unflatten(0, (copies, -1)) - h0).flatten(0, 1)
+
+        def step_layers(self, layers, grads, k):
+            calls["step_layers"] += 1
+            for lay, g in zip(layers, grads):
+                g = g + lay.hp.weight_decay * lay.weight
+                lay.momentum_buffer.mul_(lay.hp.momentum).add_(g)
+                lay.weight.sub_(lay.hp.lr * lay.momentum_buffer)
+                lay.next_k = k + 1
+
+    monkeypatch.setattr(engine, "_BACKENDS", dict(engine._BACKENDS))
+    monkeypatch.setattr(engine, "_AUTO_ORDER", list(engine._AUTO_ORDER))
+    register_backend(HandWritten(threads=1), priority=-1)
+    assert resolve_backend("auto") != "hand-written"
+    torch.manual_seed(1)
+    net = _net(**CASES["conv5x5-pool3/2/1"]).double()
+    x = torch.randn(3, *net.in_shape, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[3, 4, 2], lr=0.05, noise=0.2, samples=2)
+    ref = _run(net, x, cfg, "reference", None)
+    _assert_same(ref, _run(net, x, cfg, "hand-written", None), torch.float64)
+    assert calls["dh2"] and calls["step_layers"]

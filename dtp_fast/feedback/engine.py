@@ -130,9 +130,14 @@ _AUTO_ORDER: list[str] = []
 
 
 def register_backend(backend, priority: int = 0) -> None:
-    """Register a backend object with ``name``, ``availability(device) -> (bool, reason)``
-    and ``train(net, acts, switches, hparams, state, noise, step, report, memory_budget)``.
-    ``backend="auto"`` prefers the highest priority."""
+    """Register a feedback backend under ``backend.name``; ``backend="auto"`` picks the usable one of
+    highest priority (built in: cuda 15 < cpp 20 < triton 30 on their devices; torch 10, reference 0).
+
+    A backend is an object with ``name``, ``availability(device) -> (usable, reason)`` and
+    ``train(net, acts, switches, hparams, state, noise, step, report, *, memory_budget, sample_offset,
+    reduce) -> stats`` with the contract of :func:`train_feedback` (``hparams``: resolved
+    :class:`LayerHParams`). The usual way to write one is to subclass
+    :class:`~dtp_fast.feedback.TorchBackend` and override its hooks (README "Write a backend")."""
     _BACKENDS[backend.name] = (priority, backend)
     _AUTO_ORDER[:] = sorted(_BACKENDS, key=lambda n: -_BACKENDS[n][0])
 
