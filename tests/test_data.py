@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dtp_fast import data
+from dtp_fast.data import cifar10, images
 from dtp_fast.data import (CIFAR10_CLASSES, Dataset, DatasetError, Loader, augment_batch, describe,
                            draw_augmentation, load_dataset)
 
@@ -166,7 +167,7 @@ def test_env_var_fallback(fake, monkeypatch):
 
 
 def test_parallel_decoding_matches(fake, monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "_DECODE_CHUNK", 3)
+    monkeypatch.setattr(images, "_DECODE_CHUNK", 3)
     monkeypatch.setenv(data.WORKERS_ENV, "2")
     assert_same(load_dataset("cifar10", fake["tree"], cache_dir=False), fake["arrays"])
     assert_same(load_dataset("cifar10", fake["tgz"], cache_dir=False), fake["arrays"])
@@ -183,31 +184,31 @@ def test_cache_hit_and_invalidation(fake, monkeypatch):
     load_dataset("cifar10", tgz, cache_dir=cache)
     files = list(cache.glob("cifar10-*.npz"))
     assert len(files) == 1 and not list(cache.glob("*.tmp"))
-    real = data._read_source
+    real = cifar10._read_source
 
     def boom(src):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_read_source", boom)
+    monkeypatch.setattr(cifar10, "_read_source", boom)
     assert_same(load_dataset("cifar10", tgz, cache_dir=cache), fake["arrays"])        # from the cache
     # a changed source (new contents, size and mtime) is decoded again
     changed = fake_arrays(7)
     make_tar(write_image_tree(tgz.parent / "v2" / "cifar10-png", changed), tgz)
     with pytest.raises(AssertionError, match="decoded again"):
         load_dataset("cifar10", tgz, cache_dir=cache)
-    monkeypatch.setattr(data, "_read_source", real)
+    monkeypatch.setattr(cifar10, "_read_source", real)
     assert_same(load_dataset("cifar10", tgz, cache_dir=cache), changed)
     assert len(list(cache.glob("cifar10-*.npz"))) == 1                                 # stale file removed
     # same for a folder: touching one image's mtime changes the key
-    monkeypatch.setattr(data, "_read_source", boom)
+    monkeypatch.setattr(cifar10, "_read_source", boom)
     with pytest.raises(AssertionError):
         load_dataset("cifar10", fake["tree"], cache_dir=cache)
-    monkeypatch.setattr(data, "_read_source", real)
+    monkeypatch.setattr(cifar10, "_read_source", real)
     load_dataset("cifar10", fake["tree"], cache_dir=cache)
     img = fake["tree"] / "test" / "cat" / "0003.png"
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    monkeypatch.setattr(data, "_read_source", boom)
+    monkeypatch.setattr(cifar10, "_read_source", boom)
     with pytest.raises(AssertionError):
         load_dataset("cifar10", fake["tree"], cache_dir=cache)
 
@@ -224,7 +225,7 @@ def test_corrupt_cache_is_ignored(fake):
     file.write_bytes(file.read_bytes()[:1000])
     with pytest.warns(UserWarning, match="corrupt data cache"):
         assert_same(load_dataset("cifar10", fake["tgz"], cache_dir=cache), fake["arrays"])
-    assert_same(Dataset("c", **{k: torch.from_numpy(v) for k, v in data._read_cache(file).items()
+    assert_same(Dataset("c", **{k: torch.from_numpy(v) for k, v in cifar10._read_cache(file).items()
                                 if k != "classes"}, classes=list(CIFAR10_CLASSES), scale=255,
                         mean=(0, 0, 0), std=(1, 1, 1), augment=False), fake["arrays"])      # rewritten
 
@@ -269,7 +270,7 @@ def test_incomplete_pickle_folder(fake):
 
 def test_numpy1_style_pickle_loads():
     raw = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2]}, protocol=2)
-    x, y = data._cifar_batch(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"), "old")
+    x, y = cifar10._cifar_batch(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"), "old")
     assert x.shape == (2, 3, 32, 32) and y.tolist() == [1, 2]
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dtp_fast import data
+from dtp_fast.data import imagenet32
 from dtp_fast.data import IMAGENET_MEAN, IMAGENET_STD, Dataset, DatasetError, Loader, load_dataset
 
 PER_BATCH, N_VAL = 7, 5
@@ -143,13 +144,13 @@ def test_cache_written_once_reused_and_invalidated(fake, monkeypatch):
     assert {n.split("-", 3)[-1] for n in names} == {"train.npy", "train-labels.npy", "test.npy", "test-labels.npy"}
     x = np.load(cache / next(n for n in names if n.endswith("-train.npy")), mmap_mode="r")
     assert x.dtype == np.uint8 and x.shape == (N_TRAIN, 3, 32, 32)
-    real_read, real_check = data._read_imagenet32_batch, data._check_imagenet32_file
+    real_read, real_check = imagenet32._read_imagenet32_batch, imagenet32._check_imagenet32_file
 
     def boom(f):
         raise AssertionError(f"read {f.path} again")
 
-    monkeypatch.setattr(data, "_read_imagenet32_batch", boom)
-    monkeypatch.setattr(data, "_check_imagenet32_file", boom)
+    monkeypatch.setattr(imagenet32, "_read_imagenet32_batch", boom)
+    monkeypatch.setattr(imagenet32, "_check_imagenet32_file", boom)
     assert_same(load_dataset("imagenet32", fake["dir"], cache_dir=cache), fake["arrays"])    # from the cache
     assert cache_files(cache) == names
     # a changed source file (new contents, mtime) is converted again, and the old cache removed
@@ -157,8 +158,8 @@ def test_cache_written_once_reused_and_invalidated(fake, monkeypatch):
     write_npz(fake["dir"], changed)
     with pytest.raises(AssertionError, match="again"):
         load_dataset("imagenet32", fake["dir"], cache_dir=cache)
-    monkeypatch.setattr(data, "_read_imagenet32_batch", real_read)
-    monkeypatch.setattr(data, "_check_imagenet32_file", real_check)
+    monkeypatch.setattr(imagenet32, "_read_imagenet32_batch", real_read)
+    monkeypatch.setattr(imagenet32, "_check_imagenet32_file", real_check)
     assert_same(load_dataset("imagenet32", fake["dir"], cache_dir=cache), changed)
     assert len(cache_files(cache)) == 4 and cache_files(cache) != names
 
