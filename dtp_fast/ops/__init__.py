@@ -12,13 +12,16 @@ pure-PyTorch references, one module per family (the C++ sources use the same ste
 Each op ``x`` has its reference ``x_ref`` (``philox_normal`` for the noise), which defines
 its result. :mod:`.triton` holds the Triton kernels of the ``triton`` backend, by family too.
 
-The fake (meta) kernels and autograd formulas of the compiled ops are registered by
-:func:`_register_python_impls`, which :mod:`dtp_fast._ext` calls once the library has
-loaded (and this package's import, when it already had: torch imports it to find them).
+The fake (meta) kernels and autograd formulas of the compiled ops live in their family's module
+(``FAKES``, ``AUTOGRAD``); :func:`_register_python_impls` registers them, called by
+:mod:`dtp_fast._ext` once the library has loaded (and by this package's import when it already
+had: torch imports it to find them).
 """
 from __future__ import annotations
 
 import sys
+
+import torch
 
 from . import chain, dh, noise, pool, sgd
 from ._common import ACTIVATIONS
@@ -59,15 +62,22 @@ _registered = False
 
 
 def _register_python_impls() -> None:
-    """Register the fake kernels and autograd formulas of every family; idempotent.
+    """Register the fake kernels (``FAKES``) and autograd formulas (``AUTOGRAD``) of every family; idempotent.
 
-    Needs the library loaded (the ops defined): called by dtp_fast._ext after loading it."""
+    Needs the library loaded (the ops defined): called by dtp_fast._ext after loading it. The
+    registration calls are made here, not in the family modules: torch checks that
+    ``register_fake`` is called from the module the C++ library names in its
+    ``m.set_python_module("dtp_fast.ops")`` (csrc/ops.cpp).
+    """
     global _registered
     if _registered:
         return
     _registered = True
     for family in FAMILIES:
-        family.register()
+        for op, fake in family.FAKES.items():
+            torch.library.register_fake(op, fake)
+        for op, (backward, setup) in family.AUTOGRAD.items():
+            torch.library.register_autograd(op, backward, setup_context=setup)
 
 
 if "dtp_fast._C" in sys.modules:  # loaded before this package (e.g. by torch's pystub lookup)

@@ -97,7 +97,8 @@ def check_4d(op: str, name: str, shape: str, t: torch.Tensor) -> None:
 
 def check_same_dtype(op: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.dtype != b.dtype:
-        raise ValueError("%s: %s and %s must have the same dtype, got %s and %s" % (op, name_a, name_b, a.dtype, b.dtype))
+        raise ValueError("%s: %s and %s must have the same dtype, got %s and %s"
+                         % (op, name_a, name_b, a.dtype, b.dtype))
 
 
 def use_compiled(impl: str, *tensors: torch.Tensor, op: str) -> bool:

@@ -67,26 +67,30 @@ def linear_chain_ref(V: torch.Tensor, buf: torch.Tensor, A: torch.Tensor, C: tor
     return torch.stack(losses) if losses else V.new_zeros(0)
 
 
-def register() -> None:
-    """Register the fake kernels of the chain ops (once the library is loaded)."""
+def _ldrl_loss_fake(dr_y, A, V, scale):
+    op = "dtp_fast::ldrl_loss"
+    torch._check(V.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
+    torch._check(dr_y.dtype == V.dtype and A.dtype == V.dtype, lambda: op + ": one dtype for dr_y, A, V")
+    torch._check(A.shape == V.shape, lambda: op + ": A must have the shape of V")
+    return V.new_empty(())
 
-    @torch.library.register_fake("dtp_fast::ldrl_loss")
-    def _ldrl_loss_fake(dr_y, A, V, scale):
-        op = "dtp_fast::ldrl_loss"
-        torch._check(V.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
-        torch._check(dr_y.dtype == V.dtype and A.dtype == V.dtype, lambda: op + ": one dtype for dr_y, A, V")
-        torch._check(A.shape == V.shape, lambda: op + ": A must have the shape of V")
-        return V.new_empty(())
 
-    @torch.library.register_fake("dtp_fast::linear_chain_")
-    def _linear_chain_fake(V, buf, A, C, lr, momentum, weight_decay, scale, loss_from):
-        op = "dtp_fast::linear_chain_"
-        torch._check(V.dim() == 2 and A.dim() == 3 and C.dim() == 3, lambda: op + ": V 2-D, A and C 3-D")
-        torch._check(V.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
-        torch._check(buf.dtype == V.dtype and A.dtype == V.dtype and C.dtype == V.dtype,
-                     lambda: op + ": one dtype for V, buf, A, C")
-        n = A.shape[0]
-        torch._check(A.shape[1:] == V.shape and buf.shape == V.shape, lambda: op + ": A (n, *V.shape), buf V's")
-        torch._check(C.shape == (n, V.shape[1], V.shape[1]), lambda: op + ": C must be (n, d_out, d_out)")
-        torch._check(0 <= loss_from <= n, lambda: op + ": loss_from must be in [0, n]")
-        return V.new_empty((n - loss_from,))
+def _linear_chain_fake(V, buf, A, C, lr, momentum, weight_decay, scale, loss_from):
+    op = "dtp_fast::linear_chain_"
+    torch._check(V.dim() == 2 and A.dim() == 3 and C.dim() == 3, lambda: op + ": V 2-D, A and C 3-D")
+    torch._check(V.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
+    torch._check(buf.dtype == V.dtype and A.dtype == V.dtype and C.dtype == V.dtype,
+                 lambda: op + ": one dtype for V, buf, A, C")
+    n = A.shape[0]
+    torch._check(A.shape[1:] == V.shape and buf.shape == V.shape, lambda: op + ": A (n, *V.shape), buf V's")
+    torch._check(C.shape == (n, V.shape[1], V.shape[1]), lambda: op + ": C must be (n, d_out, d_out)")
+    torch._check(0 <= loss_from <= n, lambda: op + ": loss_from must be in [0, n]")
+    return V.new_empty((n - loss_from,))
+
+
+#: The fake kernels of the family's compiled ops, registered by dtp_fast.ops (see its doc).
+FAKES = {
+    "dtp_fast::ldrl_loss": _ldrl_loss_fake,
+    "dtp_fast::linear_chain_": _linear_chain_fake,
+}
+AUTOGRAD: dict = {}

@@ -143,7 +143,7 @@ def noisy_unpool_diff_ref(
 
 
 # --------------------------------------------------------------------------
-# public ops
+# public ops (deliberately the signatures of their references, plus ``impl``)
 # --------------------------------------------------------------------------
 
 def pool_unpool_diff(
@@ -250,48 +250,53 @@ def noisy_unpool_diff_philox_ref(y: torch.Tensor, sigma: float, indices: torch.T
 
 
 # --------------------------------------------------------------------------
-# fake kernels of the compiled ops (no autograd: the ops run under no_grad)
+# fake kernels (FAKES) of the compiled ops, registered by dtp_fast.ops (no autograd: they run under no_grad)
 # --------------------------------------------------------------------------
 
-def register() -> None:
-    """Register the fake kernels of the dh ops (once the library is loaded)."""
+def _pool_unpool_diff_fake(z1, h0, act, kernel_size, stride, padding):
+    op = "dtp_fast::pool_unpool_diff"
+    torch._check(z1.dim() == 4, lambda: op + ": z1 must be 4-D (M*B, C, H, W)")
+    torch._check(h0.dim() == 4, lambda: op + ": h0 must be 4-D (B, C, H, W)")
+    torch._check(z1.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
+    torch._check(z1.dtype == h0.dtype, lambda: op + ": z1 and h0 must have the same dtype")
+    torch._check(h0.shape[1:] == z1.shape[1:], lambda: op + ": h0 must have the C, H, W of z1")
+    torch._check(
+        z1.shape[0] == 0 if h0.shape[0] == 0 else z1.shape[0] % h0.shape[0] == 0,
+        lambda: op + ": the batch size of z1 must be a multiple of the batch size of h0",
+    )
+    return torch.empty(
+        z1.shape, dtype=z1.dtype, device=z1.device, memory_format=memory_format(z1)
+    )
 
-    @torch.library.register_fake("dtp_fast::pool_unpool_diff")
-    def _pool_unpool_diff_fake(z1, h0, act, kernel_size, stride, padding):
-        op = "dtp_fast::pool_unpool_diff"
-        torch._check(z1.dim() == 4, lambda: op + ": z1 must be 4-D (M*B, C, H, W)")
-        torch._check(h0.dim() == 4, lambda: op + ": h0 must be 4-D (B, C, H, W)")
-        torch._check(z1.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
-        torch._check(z1.dtype == h0.dtype, lambda: op + ": z1 and h0 must have the same dtype")
-        torch._check(h0.shape[1:] == z1.shape[1:], lambda: op + ": h0 must have the C, H, W of z1")
-        torch._check(
-            z1.shape[0] == 0 if h0.shape[0] == 0 else z1.shape[0] % h0.shape[0] == 0,
-            lambda: op + ": the batch size of z1 must be a multiple of the batch size of h0",
-        )
-        return torch.empty(
-            z1.shape, dtype=z1.dtype, device=z1.device, memory_format=memory_format(z1)
-        )
 
-    @torch.library.register_fake("dtp_fast::noisy_unpool_diff")
-    def _noisy_unpool_diff_fake(y, eps, sigma, indices, h0, act, output_size):
-        op = "dtp_fast::noisy_unpool_diff"
-        torch._check(y.dim() == 4 and eps.dim() == 4 and h0.dim() == 4, lambda: op + ": 4-D tensors only")
-        torch._check(indices.dtype == torch.int64, lambda: op + ": int64 indices")
-        torch._check(y.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
-        torch._check(y.dtype == eps.dtype and y.dtype == h0.dtype, lambda: op + ": one dtype for y, eps, h0")
-        torch._check(eps.shape[1:] == y.shape[1:], lambda: op + ": eps must have the C, Hp, Wp of y")
-        torch._check(
-            eps.shape[0] == 0 if y.shape[0] == 0 else eps.shape[0] % y.shape[0] == 0,
-            lambda: op + ": the batch size of eps must be a multiple of the batch size of y",
-        )
-        shape = (eps.shape[0], y.shape[1], output_size[0], output_size[1])
-        return torch.empty(shape, dtype=y.dtype, device=eps.device, memory_format=memory_format(eps))
+def _noisy_unpool_diff_fake(y, eps, sigma, indices, h0, act, output_size):
+    op = "dtp_fast::noisy_unpool_diff"
+    torch._check(y.dim() == 4 and eps.dim() == 4 and h0.dim() == 4, lambda: op + ": 4-D tensors only")
+    torch._check(indices.dtype == torch.int64, lambda: op + ": int64 indices")
+    torch._check(y.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
+    torch._check(y.dtype == eps.dtype and y.dtype == h0.dtype, lambda: op + ": one dtype for y, eps, h0")
+    torch._check(eps.shape[1:] == y.shape[1:], lambda: op + ": eps must have the C, Hp, Wp of y")
+    torch._check(
+        eps.shape[0] == 0 if y.shape[0] == 0 else eps.shape[0] % y.shape[0] == 0,
+        lambda: op + ": the batch size of eps must be a multiple of the batch size of y",
+    )
+    shape = (eps.shape[0], y.shape[1], output_size[0], output_size[1])
+    return torch.empty(shape, dtype=y.dtype, device=eps.device, memory_format=memory_format(eps))
 
-    @torch.library.register_fake("dtp_fast::noisy_unpool_diff_philox")
-    def _noisy_unpool_diff_philox_fake(y, sigma, indices, h0, act, output_size, key0, key1, offset, iteration,
-                                       samples, copies):
-        op = "dtp_fast::noisy_unpool_diff_philox"
-        torch._check(y.dim() == 4 and h0.dim() == 4, lambda: op + ": 4-D tensors only")
-        torch._check(y.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
-        shape = (copies * y.shape[0], y.shape[1], output_size[0], output_size[1])
-        return torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=memory_format(y))
+
+def _noisy_unpool_diff_philox_fake(y, sigma, indices, h0, act, output_size, key0, key1, offset, iteration,
+                                   samples, copies):
+    op = "dtp_fast::noisy_unpool_diff_philox"
+    torch._check(y.dim() == 4 and h0.dim() == 4, lambda: op + ": 4-D tensors only")
+    torch._check(y.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
+    shape = (copies * y.shape[0], y.shape[1], output_size[0], output_size[1])
+    return torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=memory_format(y))
+
+
+#: The fake kernels of the family's compiled ops, registered by dtp_fast.ops (see its doc).
+FAKES = {
+    "dtp_fast::pool_unpool_diff": _pool_unpool_diff_fake,
+    "dtp_fast::noisy_unpool_diff": _noisy_unpool_diff_fake,
+    "dtp_fast::noisy_unpool_diff_philox": _noisy_unpool_diff_philox_fake,
+}
+AUTOGRAD: dict = {}

@@ -119,9 +119,12 @@ def philox_normal_(out: torch.Tensor, key: tuple[int, int], offset: int, iterati
     return out
 
 
-def register() -> None:
-    """Register the fake kernel of philox_normal_ (once the library is loaded)."""
+def _philox_normal_fake(out, key0, key1, offset, iteration, sample):
+    torch._check(out.dtype in COMPILED_DTYPES, lambda: "dtp_fast::philox_normal_: float32/float64 only")
 
-    @torch.library.register_fake("dtp_fast::philox_normal_")
-    def _philox_normal_fake(out, key0, key1, offset, iteration, sample):
-        torch._check(out.dtype in COMPILED_DTYPES, lambda: "dtp_fast::philox_normal_: float32/float64 only")
+
+#: The fake kernels of the family's compiled ops, registered by dtp_fast.ops (see its doc).
+FAKES = {
+    "dtp_fast::philox_normal_": _philox_normal_fake,
+}
+AUTOGRAD: dict = {}

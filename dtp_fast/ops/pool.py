@@ -139,7 +139,7 @@ def unpool2d_last_wins(y: torch.Tensor, indices: torch.Tensor, output_size: IntP
 
 
 # --------------------------------------------------------------------------
-# public ops
+# public ops (deliberately the signatures of their references, plus ``impl``)
 # --------------------------------------------------------------------------
 
 def act_pool2d(
@@ -199,7 +199,7 @@ def unpool_act2d(
 
 
 # --------------------------------------------------------------------------
-# fake kernels and autograd of the compiled ops
+# fake kernels (FAKES) and autograd (AUTOGRAD) of the compiled ops, registered by dtp_fast.ops
 # --------------------------------------------------------------------------
 
 def _act_grad_from_output(out: torch.Tensor, code: int) -> torch.Tensor:
@@ -217,77 +217,80 @@ def _fake_pool_len(size, k, s, p):
     return (size + 2 * p - k) // s + 1
 
 
-def register() -> None:
-    """Register the fake kernels and autograd formulas of the pool ops (once the library is loaded)."""
+def _act_pool2d_fake(z, act, kernel_size, stride, padding):
+    torch._check(z.dim() == 4, lambda: "dtp_fast::act_pool2d: z must be 4-D")
+    torch._check(z.dtype in COMPILED_DTYPES, lambda: "dtp_fast::act_pool2d: float32/float64 only")
+    N, C, H, W = z.shape
+    OH = _fake_pool_len(H, kernel_size[0], stride[0], padding[0])
+    OW = _fake_pool_len(W, kernel_size[1], stride[1], padding[1])
+    return z.new_empty((N, C, OH, OW)), z.new_empty((N, C, OH, OW), dtype=torch.int64)
 
-    @torch.library.register_fake("dtp_fast::act_pool2d")
-    def _act_pool2d_fake(z, act, kernel_size, stride, padding):
-        torch._check(z.dim() == 4, lambda: "dtp_fast::act_pool2d: z must be 4-D")
-        torch._check(z.dtype in COMPILED_DTYPES, lambda: "dtp_fast::act_pool2d: float32/float64 only")
-        N, C, H, W = z.shape
-        OH = _fake_pool_len(H, kernel_size[0], stride[0], padding[0])
-        OW = _fake_pool_len(W, kernel_size[1], stride[1], padding[1])
-        return z.new_empty((N, C, OH, OW)), z.new_empty((N, C, OH, OW), dtype=torch.int64)
 
-    @torch.library.register_fake("dtp_fast::unpool_act2d")
-    def _unpool_act2d_fake(y, indices, act, output_size):
-        torch._check(y.dim() == 4, lambda: "dtp_fast::unpool_act2d: y must be 4-D")
-        torch._check(indices.dtype == torch.int64, lambda: "dtp_fast::unpool_act2d: int64 indices")
-        N, C = y.shape[0], y.shape[1]
-        return y.new_empty((N, C, output_size[0], output_size[1]))
+def _unpool_act2d_fake(y, indices, act, output_size):
+    torch._check(y.dim() == 4, lambda: "dtp_fast::unpool_act2d: y must be 4-D")
+    torch._check(indices.dtype == torch.int64, lambda: "dtp_fast::unpool_act2d: int64 indices")
+    N, C = y.shape[0], y.shape[1]
+    return y.new_empty((N, C, output_size[0], output_size[1]))
 
-    # act_pool2d: d values / d z scatters back to the switches (summing where
-    # overlapping windows pick the same input), times ACT'(z) there.
-    def _act_pool2d_setup(ctx, inputs, output):
-        z, act = inputs[0], inputs[1]
-        values, indices = output
-        ctx.act = act
-        ctx.z_shape = z.shape
-        ctx.mark_non_differentiable(indices)
-        ctx.save_for_backward(z if act == ACT_CODES["elu"] else None, values, indices)
 
-    def _act_pool2d_backward(ctx, grad_values, grad_indices):
-        z, values, indices = ctx.saved_tensors
-        N, C, H, W = ctx.z_shape
-        idx = indices.reshape(N, C, -1)
-        if ctx.act == ACT_CODES["elu"]:
-            # ELU'(z) = exp(z) for z <= 0, computed from z for accuracy near -1.
-            zsel = z.reshape(N, C, H * W).gather(2, idx)
-            d = torch.where(zsel > 0, torch.ones_like(zsel), torch.exp(zsel))
-        else:
-            d = _act_grad_from_output(values.reshape(N, C, -1), ctx.act)
-        g = grad_values.reshape(N, C, -1) * d
-        grad_z = g.new_zeros((N, C, H * W)).scatter_add_(2, idx, g)
-        return grad_z.reshape(N, C, H, W), None, None, None, None
+# act_pool2d: d values / d z scatters back to the switches (summing where
+# overlapping windows pick the same input), times ACT'(z) there.
+def _act_pool2d_setup(ctx, inputs, output):
+    z, act = inputs[0], inputs[1]
+    values, indices = output
+    ctx.act = act
+    ctx.z_shape = z.shape
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(z if act == ACT_CODES["elu"] else None, values, indices)
 
-    torch.library.register_autograd(
-        "dtp_fast::act_pool2d", _act_pool2d_backward, setup_context=_act_pool2d_setup
+
+def _act_pool2d_backward(ctx, grad_values, grad_indices):
+    z, values, indices = ctx.saved_tensors
+    N, C, H, W = ctx.z_shape
+    idx = indices.reshape(N, C, -1)
+    if ctx.act == ACT_CODES["elu"]:
+        # ELU'(z) = exp(z) for z <= 0, computed from z for accuracy near -1.
+        zsel = z.reshape(N, C, H * W).gather(2, idx)
+        d = torch.where(zsel > 0, torch.ones_like(zsel), torch.exp(zsel))
+    else:
+        d = _act_grad_from_output(values.reshape(N, C, -1), ctx.act)
+    g = grad_values.reshape(N, C, -1) * d
+    grad_z = g.new_zeros((N, C, H * W)).scatter_add_(2, idx, g)
+    return grad_z.reshape(N, C, H, W), None, None, None, None
+
+
+# unpool_act2d: only the pooled position that won an output position (the
+# last writer) receives its gradient; overwritten ones get zero.
+def _unpool_act2d_setup(ctx, inputs, output):
+    y, indices, act = inputs[0], inputs[1], inputs[2]
+    ctx.act = act
+    ctx.y_shape = y.shape
+    ctx.save_for_backward(indices, output)
+
+
+def _unpool_act2d_backward(ctx, grad_out):
+    indices, out = ctx.saved_tensors
+    N, C, Hp, Wp = ctx.y_shape
+    P = Hp * Wp
+    idx = indices.reshape(N, C, P)
+    out_flat = out.reshape(N, C, -1)
+    grad_pre = grad_out.reshape(N, C, -1) * _act_grad_from_output(out_flat, ctx.act)
+    pos = torch.arange(P, device=idx.device).expand(N, C, P)
+    winner = torch.full_like(out_flat, -1, dtype=torch.int64).scatter_reduce_(
+        2, idx, pos, reduce="amax"
     )
+    is_winner = winner.gather(2, idx) == pos
+    grad_y = torch.where(is_winner, grad_pre.gather(2, idx), torch.zeros_like(grad_pre[..., :1]))
+    return grad_y.reshape(N, C, Hp, Wp), None, None, None
 
-    # unpool_act2d: only the pooled position that won an output position (the
-    # last writer) receives its gradient; overwritten ones get zero.
-    def _unpool_act2d_setup(ctx, inputs, output):
-        y, indices, act = inputs[0], inputs[1], inputs[2]
-        ctx.act = act
-        ctx.y_shape = y.shape
-        ctx.save_for_backward(indices, output)
 
-    def _unpool_act2d_backward(ctx, grad_out):
-        indices, out = ctx.saved_tensors
-        N, C, Hp, Wp = ctx.y_shape
-        P = Hp * Wp
-        idx = indices.reshape(N, C, P)
-        out_flat = out.reshape(N, C, -1)
-        grad_pre = grad_out.reshape(N, C, -1) * _act_grad_from_output(out_flat, ctx.act)
-        pos = torch.arange(P, device=idx.device).expand(N, C, P)
-        winner = torch.full_like(out_flat, -1, dtype=torch.int64).scatter_reduce_(
-            2, idx, pos, reduce="amax"
-        )
-        is_winner = winner.gather(2, idx) == pos
-        grad_y = torch.where(is_winner, grad_pre.gather(2, idx), torch.zeros_like(grad_pre[..., :1]))
-        return grad_y.reshape(N, C, Hp, Wp), None, None, None
-
-    torch.library.register_autograd(
-        "dtp_fast::unpool_act2d", _unpool_act2d_backward, setup_context=_unpool_act2d_setup
-    )
-
+#: The fake kernels of the family's compiled ops, registered by dtp_fast.ops (see its doc).
+FAKES = {
+    "dtp_fast::act_pool2d": _act_pool2d_fake,
+    "dtp_fast::unpool_act2d": _unpool_act2d_fake,
+}
+#: Autograd formulas: op -> (backward, setup_context), registered by dtp_fast.ops.
+AUTOGRAD = {
+    "dtp_fast::act_pool2d": (_act_pool2d_backward, _act_pool2d_setup),
+    "dtp_fast::unpool_act2d": (_unpool_act2d_backward, _unpool_act2d_setup),
+}

@@ -49,10 +49,13 @@ def momentum_sgd_ref(params, grads, bufs, lr: float, momentum: float, weight_dec
         p.add_(buf, alpha=-lr)
 
 
-def register() -> None:
-    """Register the fake kernel of momentum_sgd_ (once the library is loaded)."""
+def _momentum_sgd_fake(params, grads, bufs, lr, momentum, weight_decay):
+    torch._check(len(params) == len(grads) == len(bufs) == len(lr) == len(momentum) == len(weight_decay),
+                 lambda: "dtp_fast::momentum_sgd_: one grad, buffer and setting per parameter")
 
-    @torch.library.register_fake("dtp_fast::momentum_sgd_")
-    def _momentum_sgd_fake(params, grads, bufs, lr, momentum, weight_decay):
-        torch._check(len(params) == len(grads) == len(bufs) == len(lr) == len(momentum) == len(weight_decay),
-                     lambda: "dtp_fast::momentum_sgd_: one grad, buffer and setting per parameter")
+
+#: The fake kernels of the family's compiled ops, registered by dtp_fast.ops (see its doc).
+FAKES = {
+    "dtp_fast::momentum_sgd_": _momentum_sgd_fake,
+}
+AUTOGRAD: dict = {}

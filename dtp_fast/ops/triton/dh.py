@@ -50,7 +50,8 @@ _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9, _F10, _F11, _F12, _F13, _F14, _F15, _F16
 @triton.jit
 def _expm1_nonpos(x):
     """expm1(x) for x <= 0 (NaN gives NaN): the Taylor series on (-0.5, 0] (degree 9 in
-    float32, 17 in float64: below half an ulp of truncation error), exp(x) - 1 below."""
+    float32, 17 in float64: below half an ulp of truncation error), exp(x) - 1 below.
+    Horner's rule unrolled, term by term (deliberately: the rounding order is part of the result)."""
     if x.dtype == tl.float64:
         acc = x * _F17 + _F16
         acc = acc * x + _F15
@@ -170,7 +171,9 @@ def _dh2_kernel(OUT, Y, I, H0, EPS, P, total, B, C, H, W, Hp, Wp,
         qw = tl.zeros_like(ow)
         ph_hi = (oh + PH) // SH
         pw_hi = (ow + PW) // SW
-        for th in tl.static_range(NH):  # row-major over the candidate windows: the last hit wins
+        # the candidate windows of p, enumerated as in _dh1_kernel (each kernel inlines the loop: the
+        # bodies differ); row-major: the last hit wins
+        for th in tl.static_range(NH):
             ph = ph_hi - (NH - 1) + th
             h_start = ph * SH - PH
             for tw in tl.static_range(NW):

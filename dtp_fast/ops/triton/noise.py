@@ -80,6 +80,7 @@ def _radius(a):
     t = f - 1.0
     s = tl.div_rn(t, t + 2.0)
     s2 = s * s
+    # the polynomials unrolled term by term, as the mirror's _horner (deliberately: the same roundings)
     acc = s2 * _L11
     acc = s2 * (acc + _L9)
     acc = s2 * (acc + _L7)
