@@ -1,3 +1,5 @@
+# Over 500 lines, deliberately: the three dh ops share one set of comparison rules, oracles and input makers,
+# and their tests read best beside them.
 """The ``dh`` family: pool_unpool_diff (dh1), noisy_unpool_diff (dh2) and noisy_unpool_diff_philox (dh2 with
 the noise drawn in the kernel), every implementation against its PyTorch reference.
 
