@@ -90,9 +90,14 @@ def _load() -> tuple[bool, str | None, dict | None]:
     if problem is not None:
         return False, problem, info
 
-    # Fake (meta) kernels and autograd formulas live in Python (dtp_fast.ops).
     from . import ops
+    from .ops._common import OPS
 
+    missing = [op for op in OPS if "dtp_fast::" + op not in info.get("ops", ())]
+    if missing:
+        return False, "dtp_fast._C lacks the ops %s (a stale build); %s" % (", ".join(missing), _REINSTALL), info
+
+    # Fake (meta) kernels and autograd formulas live in Python (dtp_fast.ops).
     ops._register_python_impls()
     return True, None, info
 

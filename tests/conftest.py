@@ -1,25 +1,45 @@
-"""Shared test helpers."""
+"""Test configuration: the Triton interpreter without a GPU, the ``gpu`` marker, the ``ext`` fixture.
+
+Tests marked ``gpu`` need a usable CUDA device: without one they skip, with the reason, and the
+terminal summary says how many did. ``DTP_FAST_REQUIRE_EXT=1`` (CI) makes a missing compiled op,
+or a missing / too old triton where it could run, fail instead of skip (tests/helpers.py).
+"""
 import os
 
 import pytest
 import torch
 
-# Without a usable GPU, Triton kernels run on CPU tensors in Triton's interpreter (tests/test_triton.py).
+# Without a usable GPU, Triton kernels run on CPU tensors in Triton's interpreter (tests/ops/, tests/test_triton.py).
 # It must be set before any module defining kernels is imported (triton.jit reads it then).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from dtp_fast import _ext  # noqa: E402
+from helpers import require_ext  # noqa: E402,F401  (tests import it from here too)
 
 
-def require_ext():
-    """Skip when the compiled module is unavailable, or fail if DTP_FAST_REQUIRE_EXT=1 (CI builds it)."""
-    if _ext.available():
+def _no_gpu_reason():
+    if torch.version.cuda is None:
+        return "needs a CUDA device: torch %s is a CPU-only build" % torch.__version__
+    if not torch.cuda.is_available():
+        return "needs a CUDA device: torch.cuda.is_available() is False (no GPU or no driver)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _no_gpu_reason()
+    if reason is None:
         return
-    reason = "compiled dtp_fast._C unavailable: %s" % _ext.load_error()
-    if os.environ.get("DTP_FAST_REQUIRE_EXT", "") == "1":
-        pytest.fail(reason + " (DTP_FAST_REQUIRE_EXT=1)")
-    pytest.skip(reason)
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "gpu" in getattr(r, "keywords", {})]
+    if skipped:
+        terminalreporter.write_line("%d gpu test(s) skipped (%s)" % (len(skipped), _no_gpu_reason() or
+                                                                       "see the skip reasons"))
 
 
 @pytest.fixture

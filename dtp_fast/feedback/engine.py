@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from ..noise import NoiseSource
+from ..ops.sgd import momentum_sgd_ref as momentum_sgd_
 
 __all__ = ["BackendUnavailableError", "FeedbackConfig", "FeedbackState", "LayerHParams", "register_backend", "get_backend",
            "available_backends", "resolve_backend", "train_feedback", "momentum_sgd_"]
@@ -103,24 +104,6 @@ class FeedbackState:
 
     def load_state_dict(self, state: dict) -> None:
         self.buffers = {k: v.clone() for k, v in state.items()}
-
-
-@torch.no_grad()
-def momentum_sgd_(params, grads, bufs, lr: float, momentum: float, weight_decay: float = 0.0,
-                  reduce=None, losses=()) -> None:
-    """In-place SGD with momentum, as ``torch.optim.SGD`` (dampening 0, no Nesterov).
-
-    With a ``reduce`` hook (see :func:`train_feedback`) the gradients and ``losses`` are
-    averaged across processes first, in one bucket."""
-    if reduce is not None:
-        pending = reduce(list(grads) + list(losses))
-        if callable(pending):
-            pending()
-    for p, g, buf in zip(params, grads, bufs):
-        if weight_decay:
-            g = g.add(p, alpha=weight_decay)
-        buf.mul_(momentum).add_(g)
-        p.add_(buf, alpha=-lr)
 
 
 # ---------------------------------------------------------------------------- registry

@@ -34,12 +34,11 @@ from __future__ import annotations
 import torch
 
 from ... import _ext, ops
-from ...noise import CounterNoise, NoiseBlock, philox_normal
+from ...noise import CounterNoise, NoiseBlock
 from ..engine import register_backend
 from .torch import TorchBackend
 
-__all__ = ["CudaBackend", "fused_ldrl_loss", "fused_linear_chain_", "fused_linear_chain_ref", "fused_momentum_sgd_",
-           "noisy_unpool_diff_philox", "noisy_unpool_diff_philox_ref", "CUDA_OPS", "cuda_kernels_problem"]
+__all__ = ["CudaBackend", "CUDA_OPS", "cuda_kernels_problem"]
 
 #: The ops with a CUDA kernel in a CUDA build of dtp_fast._C.
 CUDA_OPS = ("philox_normal_", "pool_unpool_diff", "noisy_unpool_diff", "noisy_unpool_diff_philox", "momentum_sgd_",
@@ -88,93 +87,13 @@ def _fill_counter_noise(block: NoiseBlock, device, dtype) -> torch.Tensor:
 
 
 class _Materialized:
-    """A noise block already drawn (what AnalyticBackend's hooks call ``materialize`` on)."""
+    """A noise block already drawn (what TorchBackend's hooks call ``materialize`` on)."""
 
     def __init__(self, tensor):
         self.tensor = tensor
 
     def materialize(self, device, dtype):
         return self.tensor.to(device=device, dtype=dtype)
-
-
-def noisy_unpool_diff_philox(y, sigma: float, indices, h0, act: str, output_size, key: tuple[int, int], offset: int,
-                             iteration: int, samples: int, copies: int) -> torch.Tensor:
-    """``noisy_unpool_diff`` with the noise of a :class:`NoiseBlock` drawn in the kernel: for
-    ``copies`` = M blocks of the B rows of y, block m has iteration ``iteration + m // samples`` and
-    noise sample ``m % samples`` of the counter-based stream under ``key`` (row b: sample index
-    ``offset + b``). Compiled op (CPU or CUDA); returns (M*B, C, H, W) in the memory format of y."""
-    if not _ext.available():
-        raise RuntimeError("noisy_unpool_diff_philox needs the compiled ops: %s" % _ext.load_error())
-    return torch.ops.dtp_fast.noisy_unpool_diff_philox(
-        y, float(sigma), indices, h0, ops._act_code(act), list(ops._output_size(output_size)), int(key[0]),
-        int(key[1]), int(offset), int(iteration), int(samples), int(copies))
-
-
-def noisy_unpool_diff_philox_ref(y, sigma: float, indices, h0, act: str, output_size, key, offset, iteration,
-                                 samples, copies) -> torch.Tensor:
-    """Reference of :func:`noisy_unpool_diff_philox` in plain PyTorch (any device): the noise block
-    from the PyTorch mirror of the generator, then :func:`dtp_fast.ops.noisy_unpool_diff_ref`."""
-    B = y.shape[0]
-    eps = torch.stack([philox_normal(y.shape, key, offset, iteration + m // samples, m % samples, y.device)
-                       for m in range(copies)]) if copies else y.new_empty((0, *y.shape), dtype=torch.float32)
-    eps = eps.reshape(copies * B, *y.shape[1:]).to(y.dtype)
-    out = ops.noisy_unpool_diff_ref(y, eps, sigma, indices, h0, act, output_size)
-    return out.contiguous(memory_format=ops._memory_format(y))
-
-
-@torch.no_grad()
-def fused_momentum_sgd_(params, grads, bufs, lr, momentum, weight_decay) -> None:
-    """Momentum SGD of many tensors in one ``momentum_sgd_`` call (one CUDA launch per 24
-    tensors): per tensor i, ``g = grads[i] + weight_decay[i] * params[i]``,
-    ``bufs[i] = momentum[i] * bufs[i] + g``, ``params[i] -= lr[i] * bufs[i]``, as
-    :func:`dtp_fast.feedback.momentum_sgd_`. The hyperparameters are sequences (one value per
-    tensor) or single floats. Params and bufs must be dense with the same strides."""
-    n = len(params)
-    per = lambda v: [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)] * n  # noqa: E731
-    torch.ops.dtp_fast.momentum_sgd_(list(params), list(grads), list(bufs), per(lr), per(momentum),
-                                     per(weight_decay))
-
-
-def _need_ext(op: str) -> None:
-    if not _ext.available():
-        raise RuntimeError("%s needs the compiled ops: %s" % (op, _ext.load_error()))
-
-
-def fused_ldrl_loss(dr_y, A, V, scale: float) -> torch.Tensor:
-    """``scale * (sum(dr_y^2) - 2 sum(A * V))`` in one fused, deterministic reduction (sums in
-    float64), a 0-dim tensor of V's dtype. Compiled op (CPU oracle or CUDA kernel)."""
-    _need_ext("ldrl_loss")
-    return torch.ops.dtp_fast.ldrl_loss(dr_y, A, V, float(scale))
-
-
-def fused_linear_chain_(V, buf, A, C, lr: float, momentum: float, weight_decay: float, scale: float,
-                        loss_from: int | None = None) -> torch.Tensor:
-    """Every iteration k of a chunk of a Linear feedback block in one call (one CUDA launch):
-    ``G = V @ C[k]``; the loss ``scale * (<G, V> - 2 <A[k], V>)`` for k >= ``loss_from`` (None:
-    no loss); ``g = 2 scale (G - A[k]) + weight_decay V``; ``buf = momentum buf + g``;
-    ``V -= lr buf``. V, buf (d_in, d_out) are updated in place; A (n, d_in, d_out), C (n, d_out,
-    d_out); all contiguous. Returns the losses of iterations loss_from .. n - 1."""
-    _need_ext("linear_chain_")
-    n = A.shape[0]
-    return torch.ops.dtp_fast.linear_chain_(V, buf, A, C, float(lr), float(momentum), float(weight_decay),
-                                            float(scale), n if loss_from is None else int(loss_from))
-
-
-def fused_linear_chain_ref(V, buf, A, C, lr, momentum, weight_decay, scale, loss_from=None) -> torch.Tensor:
-    """:func:`fused_linear_chain_` in plain PyTorch (any device): the engine's per-iteration expressions."""
-    n = A.shape[0]
-    loss_from = n if loss_from is None else loss_from
-    losses = []
-    for k in range(n):
-        G = V @ C[k]
-        if k >= loss_from:
-            losses.append(scale * ((G * V).sum() - 2 * (A[k] * V).sum()))
-        grad = G.sub_(A[k]).mul_(2 * scale)
-        if weight_decay:
-            grad.add_(V, alpha=weight_decay)
-        buf.mul_(momentum).add_(grad)
-        V.add_(buf, alpha=-lr)
-    return torch.stack(losses) if losses else V.new_zeros(0)
 
 
 class CudaBackend(TorchBackend):
@@ -222,7 +141,7 @@ class CudaBackend(TorchBackend):
         if isinstance(eps.source, CounterNoise):
             # the output takes y's memory format: channels_last, as the engine keeps dh2
             y_cl = y.contiguous(memory_format=torch.channels_last)
-            return noisy_unpool_diff_philox(y_cl, sigma, switches, h0, block.act, size, _key_words(eps),
+            return ops.noisy_unpool_diff_philox(y_cl, sigma, switches, h0, block.act, size, _key_words(eps),
                                             eps.offset, eps.k0, eps.samples, eps.n * eps.samples)
         e = eps.materialize(y.device, y.dtype).contiguous(memory_format=torch.channels_last)
         return ops.noisy_unpool_diff(y, e, sigma, switches, h0, block.act, size, impl="compiled")
@@ -242,22 +161,22 @@ class CudaBackend(TorchBackend):
     def _run_linear(self, lay, report: str) -> None:
         """All iterations of a Linear layer, one persistent launch per precomputed chunk."""
         for _, _, loss_from in lay.chunks(report):
-            losses = fused_linear_chain_(lay.weight, lay.momentum_buffer, lay.A.contiguous(), lay.C.contiguous(), lay.hp.lr,
-                                         lay.hp.momentum, lay.hp.weight_decay, lay.scale, loss_from)
+            losses = ops.linear_chain_(lay.weight, lay.momentum_buffer, lay.A.contiguous(), lay.C.contiguous(),
+                                       lay.hp.lr, lay.hp.momentum, lay.hp.weight_decay, lay.scale, loss_from)
             lay.losses.extend(losses.unbind(0))
 
     def conv_loss(self, layer, dr_y, A, V):
         """Both terms of a conv layer's loss in one fused reduction (``ldrl_loss``)."""
         if V.dtype not in _DTYPES:
             return super().conv_loss(layer, dr_y, A, V)
-        return fused_ldrl_loss(dr_y, A, V, layer.scale)
+        return ops.ldrl_loss(dr_y, A, V, layer.scale)
 
     def step_layers(self, layers, grads, k: int) -> None:
         """The momentum-SGD steps of iteration k of several layers (the engine's ``LayerState``
         objects, with their gradients) in one fused launch; the same update as ``LayerState.apply``."""
-        fused_momentum_sgd_([lay.weight for lay in layers], grads, [lay.momentum_buffer for lay in layers],
-                            [lay.hp.lr for lay in layers], [lay.hp.momentum for lay in layers],
-                            [lay.hp.weight_decay for lay in layers])
+        ops.momentum_sgd_([lay.weight for lay in layers], grads, [lay.momentum_buffer for lay in layers],
+                          [lay.hp.lr for lay in layers], [lay.hp.momentum for lay in layers],
+                          [lay.hp.weight_decay for lay in layers])
         for lay in layers:
             lay.next_k = k + 1
 

@@ -1,5 +1,5 @@
 """The ``triton`` backend: the ``torch`` engine (ALGORITHM.md section 5) with fused
-Triton kernels (:mod:`dtp_fast.kernels`) and the sequential chain in a CUDA graph.
+Triton kernels (:mod:`dtp_fast.ops.triton`) and the sequential chain in a CUDA graph.
 
 What runs where, per batch:
 
@@ -40,8 +40,8 @@ from collections import OrderedDict
 import torch
 
 from ...noise import CounterNoise, NoiseBlock
-from ..engine import register_backend
 from .torch import TorchBackend
+from ..engine import register_backend
 
 __all__ = ["TritonBackend"]
 
@@ -90,7 +90,7 @@ class TritonBackend(TorchBackend):
 
     # ------------------------------------------------------------------ registry
     def availability(self, device):
-        from ... import kernels
+        from ...ops import triton as kernels
 
         if device.type != "cuda":
             return False, (f"fused Triton kernels for CUDA devices only (this is {device.type}); on a CPU use "
@@ -145,7 +145,7 @@ class TritonBackend(TorchBackend):
         counter = self._counter(noise)
         if counter is None:
             return super().noisy_input(noise, sigma, x, fmt)
-        from ...kernels.noise import noise_fill_
+        from ...ops.triton.noise import noise_fill_
 
         key, offset, k0, samples = counter
         out = torch.empty((noise.n * samples * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device,
@@ -156,12 +156,12 @@ class TritonBackend(TorchBackend):
     def dh1(self, block, x_noisy, h0):
         if block.pool is None:
             return super().dh1(block, x_noisy, h0)
-        from ...kernels.pool import pool_unpool_diff
+        from ...ops.triton.dh import pool_unpool_diff
 
         return pool_unpool_diff(block.f_op(x_noisy), h0, block.act, *block.pool, block=self.block)
 
     def _dh2(self, block, y, eps: NoiseBlock, sigma, switches, h0, out=None):
-        from ...kernels.pool import noisy_unpool_diff
+        from ...ops.triton.dh import noisy_unpool_diff
 
         counter = self._counter(eps)
         tensor = None if counter is not None else eps.materialize(y.device, y.dtype)
@@ -194,7 +194,7 @@ class TritonBackend(TorchBackend):
     def run_interleaved(self, layers, report: str, reduce=None) -> None:
         if reduce is not None or not layers:
             return super().run_interleaved(layers, report, reduce)
-        from ...kernels.chain import layer_scalars
+        from ...ops.triton.sgd import layer_scalars
 
         like = layers[0].weight
         rows = [(lay.hp.lr, lay.hp.momentum, lay.hp.weight_decay, 2 * lay.scale, lay.scale) for lay in layers]
@@ -212,7 +212,7 @@ class TritonBackend(TorchBackend):
 
     def _run_linear(self, lay, scalars, losses, report: str) -> None:
         """All iterations of a Linear layer, one persistent launch per precomputed chunk."""
-        from ...kernels.chain import linear_chain_
+        from ...ops.triton.chain import linear_chain_
 
         scratch = torch.empty_like(lay.weight)
         for k, n, loss_from in lay.chunks(report):
@@ -223,7 +223,8 @@ class TritonBackend(TorchBackend):
     def _conv_step(self, k: int, layers, conv, table, losses, report: str, prepare: bool) -> None:
         """Iteration k of every conv layer still running: transposed conv, weight gradient, the
         loss if wanted, then one momentum step for all of them."""
-        from ...kernels.chain import ldrl_loss_, momentum_step_
+        from ...ops.triton.chain import ldrl_loss_
+        from ...ops.triton.sgd import momentum_step_
 
         params, bufs, quads, subs, scal = [], [], [], [], []
         for i in conv:
@@ -265,7 +266,7 @@ class TritonBackend(TorchBackend):
         return dev, layers[conv[0]].weight.dtype, report, torch.backends.cudnn.allow_tf32, tuple(parts)
 
     def _run_conv(self, layers, conv, rows, most: int, report: str) -> None:
-        from ...kernels.chain import layer_scalars
+        from ...ops.triton.sgd import layer_scalars
 
         why = self._graphable(layers, conv)
         if why is not None:
@@ -282,7 +283,7 @@ class TritonBackend(TorchBackend):
             lay.next_k = lay.hp.iterations
 
     def _run_conv_graphed(self, layers, conv, rows, most: int, report: str) -> torch.Tensor:
-        from ...kernels.chain import layer_scalars
+        from ...ops.triton.sgd import layer_scalars
 
         key = self._graph_key(layers, conv, report)
         entry = self._graphs.pop(key, None)

@@ -1,39 +1,10 @@
-"""The counter-based noise: Philox known answers, compiled kernel == PyTorch mirror bit for bit,
-keyed by global sample index, and normal, independent values."""
-import math
-
+"""The noise sources: CounterNoise the same with and without the extension, keyed by global sample index,
+normal, independent values; ExplicitNoise. The generator itself (philox_normal_ and its PyTorch mirror):
+tests/ops/test_noise.py."""
 import pytest
 import torch
 
-from dtp_fast.noise import CounterNoise, ExplicitNoise, philox4x32, philox_normal
-
-# Random123's known-answer vectors for Philox4x32-10: (counter, key, output).
-KAT = [
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
-]
-
-
-@pytest.mark.parametrize("counter,key,expected", KAT)
-def test_philox_known_answers(counter, key, expected):
-    out = philox4x32(*(torch.tensor([c], dtype=torch.int64) for c in counter), *key)
-    assert [int(o) for o in out] == list(expected)
-
-
-def _compiled(shape, key, offset, iteration, sample, dtype=torch.float32):
-    out = torch.empty(shape, dtype=dtype)
-    torch.ops.dtp_fast.philox_normal_(out, *key, offset, iteration, sample)
-    return out
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (2, 3, 7, 5), (1, 4), (6, 2, 2, 3), (64, 1030), (0, 3)])
-def test_compiled_kernel_equals_the_pytorch_mirror_bit_for_bit(ext, shape):
-    key = (0x12345678, 0x9ABCDEF0)
-    ref = philox_normal(shape, key, 5, 7, 1)
-    assert torch.equal(_compiled(shape, key, 5, 7, 1), ref)
-    assert torch.equal(_compiled(shape, key, 5, 7, 1, torch.float64), ref.double())
+from dtp_fast.noise import CounterNoise, ExplicitNoise
 
 
 def test_counter_noise_with_and_without_the_extension_agree(ext, monkeypatch):
@@ -94,11 +65,3 @@ def test_explicit_noise_serves_rows_of_the_global_batch():
     with pytest.raises(ValueError, match="rows 5..6"):
         n.normal(step=0, layer=1, iteration=0, sample=0, which="x", shape=(2, 2), device="cpu",
                  dtype=torch.float32, offset=5)
-
-
-def test_bad_counter_words_rejected_by_the_kernel(ext):
-    with pytest.raises(RuntimeError, match="2\\^32"):
-        torch.ops.dtp_fast.philox_normal_(torch.empty(2, 3), 2**32, 0, 0, 0, 0)
-    with pytest.raises(RuntimeError, match="contiguous"):
-        torch.ops.dtp_fast.philox_normal_(torch.empty(3, 2).t(), 0, 0, 0, 0, 0)
-    assert math.isfinite(float(_compiled((1, 3), (0, 0), 2**32 - 1, 0, 0).sum()))

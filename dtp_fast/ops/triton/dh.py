@@ -1,4 +1,4 @@
-"""The L-DRL perturbations dh1 and dh2 as single Triton kernels.
+"""The L-DRL perturbations dh1 and dh2 as single Triton kernels (the ``dh`` family).
 
 For a block ``F(x) = pool(ACT(op(x)))`` and its feedback ``h(y; I) = ACT(unpool(y, I))``
 (ALGORITHM.md section 5), over M noisy copies of a batch of B (copy m of
@@ -16,7 +16,7 @@ sample b at row ``m * B + b``):
     counter-based noise (:mod:`.noise`) and never stored, or read from a tensor.
     Without pooling (Linear blocks, convs without a pool) it is elementwise.
 
-Tie rules are those of :mod:`dtp_fast.ops`: in a window the first maximum of
+Tie rules are those of :mod:`dtp_fast.ops.pool`: in a window the first maximum of
 the activated values in row-major order wins, a NaN always wins (the last NaN
 if several), padding never wins, a window of -inf values reports its first
 in-bounds position; among pooled positions sharing a switch the last one
@@ -36,11 +36,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .._common import ACT_CODES, pool_args
 from .noise import check_counters, dense_layout, launch_options, normal_at, scalar, signed32
 
 __all__ = ["ACT_CODES", "activate", "pool_unpool_diff", "noisy_unpool_diff"]
 
-ACT_CODES = {"identity": 0, "elu": 1, "relu": 2, "tanh": 3}
 _NEG_INF = tl.constexpr(float("-inf"))
 # 1 / k! for the expm1 series
 _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9, _F10, _F11, _F12, _F13, _F14, _F15, _F16, _F17 = (
@@ -50,7 +50,8 @@ _F2, _F3, _F4, _F5, _F6, _F7, _F8, _F9, _F10, _F11, _F12, _F13, _F14, _F15, _F16
 @triton.jit
 def _expm1_nonpos(x):
     """expm1(x) for x <= 0 (NaN gives NaN): the Taylor series on (-0.5, 0] (degree 9 in
-    float32, 17 in float64: below half an ulp of truncation error), exp(x) - 1 below."""
+    float32, 17 in float64: below half an ulp of truncation error), exp(x) - 1 below.
+    Horner's rule unrolled, term by term (deliberately: the rounding order is part of the result)."""
     if x.dtype == tl.float64:
         acc = x * _F17 + _F16
         acc = acc * x + _F15
@@ -170,7 +171,9 @@ def _dh2_kernel(OUT, Y, I, H0, EPS, P, total, B, C, H, W, Hp, Wp,
         qw = tl.zeros_like(ow)
         ph_hi = (oh + PH) // SH
         pw_hi = (ow + PW) // SW
-        for th in tl.static_range(NH):  # row-major over the candidate windows: the last hit wins
+        # the candidate windows of p, enumerated as in _dh1_kernel (each kernel inlines the loop: the
+        # bodies differ); row-major: the last hit wins
+        for th in tl.static_range(NH):
             ph = ph_hi - (NH - 1) + th
             h_start = ph * SH - PH
             for tw in tl.static_range(NW):
@@ -211,10 +214,6 @@ def _pool_geometry(pool, H: int, W: int):
     return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, NH=-(-kh // sh), NW=-(-kw // sw)), hp, wp
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def _empty(shape, like: torch.Tensor, channels_last: bool) -> torch.Tensor:
     fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
@@ -222,7 +221,7 @@ def _empty(shape, like: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 def pool_unpool_diff(z1: torch.Tensor, h0: torch.Tensor, act: str, kernel_size, stride=None, padding=0, *,
                      out: torch.Tensor | None = None, block: int = 1024) -> torch.Tensor:
-    """dh1 (see the module doc): the Triton twin of :func:`dtp_fast.ops.pool_unpool_diff`.
+    """dh1 (see the module doc): the Triton twin of :func:`dtp_fast.ops.dh.pool_unpool_diff`.
 
     z1: (M*B, C, H, W) pre-activations of the noisy copies, any strides; h0: (B, C, H, W),
     same dtype, any strides. Returns (M*B, C, H, W) in z1's memory format (channels_last
@@ -239,8 +238,7 @@ def pool_unpool_diff(z1: torch.Tensor, h0: torch.Tensor, act: str, kernel_size, 
         out = _empty(z1.shape, z1, z1.dim() == 4 and not z1.is_contiguous()
                      and z1.is_contiguous(memory_format=torch.channels_last))
     cl = dense_layout(out, "pool_unpool_diff output")
-    k, s = _pair(kernel_size), _pair(kernel_size if stride is None else stride)
-    geo, hp, wp = _pool_geometry((k, s, _pair(padding)), H, W)
+    geo, hp, wp = _pool_geometry(pool_args(kernel_size, stride, padding), H, W)
     total = out.numel()
     if total:
         _dh1_kernel[(triton.cdiv(total, block),)](

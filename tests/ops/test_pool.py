@@ -1,20 +1,18 @@
-"""Compiled ops (torch.ops.dtp_fast.*) against their pure-PyTorch references.
+"""The ``pool`` family: act_pool2d / unpool_act2d, compiled (CPU) against their PyTorch references,
+opcheck, autograd, dispatch and errors.
 
 Tests that need the compiled extension skip when it is not built, unless
 DTP_FAST_REQUIRE_EXT=1 (set in CI), in which case they fail.
 """
-
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dtp_fast import _ext, ops
-from conftest import require_ext
+from dtp_fast.ops import pool as pool_ops
+from dtp_fast.ops._common import ACT_CODES, activate
+from helpers import ACTS, DTYPES, POOLS, elu_saturating, gen, layout, pool_id, shape_id, with_nan_inf
 
-DTYPES = [torch.float32, torch.float64]
-ACTS = list(ops.ACTIVATIONS)
-POOLS = [(2, 2, 0), (3, 2, 1), (3, 1, 1)]  # kernel, stride, padding
 SHAPES = [(1, 3, 7, 5), (2, 5, 11, 13), (2, 2, 32, 32)]
 
 
@@ -27,37 +25,22 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
 def _input(shape, dtype, kind, seed=0):
-    g = _gen(seed)
+    g = gen(seed)
     x = torch.randn(shape, generator=g, dtype=torch.float64)
     if kind == "negative":
-        # Around -30 ELU saturates to exactly -1 (ties that z does not have);
-        # a quarter near the float32 rounding edge (-17) and a quarter at -45
-        # (where float64 saturates too).
-        x = x - 30
-        flat = x.view(-1)
-        n = flat.numel()
-        flat[: n // 4] += 13
-        flat[n // 4 : n // 2] -= 15
+        x = elu_saturating(shape, seed)
     elif kind == "ties":
         x = torch.randint(-2, 3, shape, generator=g).to(torch.float64)  # many exact ties
     return x.to(dtype)
 
 
-def _noncontig(shape, dtype, layout, seed=0):
-    N, C, H, W = shape
-    g = _gen(seed)
-    if layout == "slice":
-        big = torch.randn(N, C + 1, 2 * H, W + 3, generator=g, dtype=dtype)
-        z = big[:, 1:, ::2, 2 : W + 2]
-    elif layout == "transposed":
-        z = torch.randn(N, C, W, H, generator=g, dtype=dtype).transpose(2, 3)
-    else:  # channels_last
-        z = torch.randn(shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+def _noncontig(shape, dtype, name, seed=0):
+    if name == "transposed":
+        N, C, H, W = shape
+        z = torch.randn(N, C, W, H, generator=gen(seed), dtype=dtype).transpose(2, 3)
+    else:
+        z = layout(torch.randn(shape, generator=gen(seed), dtype=dtype), name)
     assert z.shape == shape and not z.is_contiguous()
     return z
 
@@ -66,7 +49,7 @@ def _check_pool(z, act, k, s, p):
     v, i = ops.act_pool2d(z, act, k, s, p, impl="compiled")
     vr, ir = ops.act_pool2d_ref(z, act, k, s, p)
     assert v.dtype == z.dtype and i.dtype == torch.int64
-    torch.testing.assert_close(v, vr, equal_nan=True)
+    torch.testing.assert_close(v, vr, equal_nan=True)  # torch's default float tolerance, as before the move
     assert torch.equal(i, ir), "indices differ at %d positions" % int((i != ir).sum())
     return v, i
 
@@ -76,8 +59,8 @@ def _check_pool(z, act, k, s, p):
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["randn", "negative", "ties"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("pool", POOLS, ids=lambda p: "k%ds%dp%d" % p)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+@pytest.mark.parametrize("pool", POOLS, ids=pool_id)
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_act_pool2d_matches_ref(ext, dtype, act, pool, shape, kind):
@@ -86,7 +69,7 @@ def test_act_pool2d_matches_ref(ext, dtype, act, pool, shape, kind):
 
 @pytest.mark.parametrize("kind", ["randn", "negative"])
 @pytest.mark.parametrize("layout", ["slice", "transposed", "channels_last"])
-@pytest.mark.parametrize("pool", POOLS, ids=lambda p: "k%ds%dp%d" % p)
+@pytest.mark.parametrize("pool", POOLS, ids=pool_id)
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_act_pool2d_noncontiguous(ext, dtype, act, pool, layout, kind):
@@ -99,7 +82,7 @@ def test_act_pool2d_noncontiguous(ext, dtype, act, pool, layout, kind):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_act_pool2d_elu_saturation_ties(ext, dtype):
     # All of z distinct, all of ELU(z) == -1: the first window position wins.
-    z = -60 - torch.rand(1, 2, 6, 6, generator=_gen(1), dtype=torch.float64).to(dtype)
+    z = -60 - torch.rand(1, 2, 6, 6, generator=gen(1), dtype=torch.float64).to(dtype)
     v, i = _check_pool(z, "elu", 2, 2, 0)
     assert torch.all(v == -1)
     first = torch.tensor([[0, 2, 4], [12, 14, 16], [24, 26, 28]])
@@ -109,20 +92,15 @@ def test_act_pool2d_elu_saturation_ties(ext, dtype):
     assert not torch.equal(i_id, i)
 
 
-@pytest.mark.parametrize("pool", POOLS, ids=lambda p: "k%ds%dp%d" % p)
+@pytest.mark.parametrize("pool", POOLS, ids=pool_id)
 def test_act_pool2d_nan_and_inf(ext, pool):
-    z = torch.randn(2, 3, 8, 7, generator=_gen(2))
-    z[0, 0, 1, 1] = float("nan")
-    z[0, 1, 2:5, 2:6] = float("nan")
-    z[1, 0, :4, :4] = float("-inf")
-    z[1, 2] = float("-inf")
-    z[1, 1, 3, 3] = float("inf")
+    z = with_nan_inf(torch.randn(2, 3, 8, 7, generator=gen(2)), inf_row=1)
     for act in ACTS:
         _check_pool(z, act, *pool)
 
 
 def test_act_pool2d_stride_defaults_and_pairs(ext):
-    z = torch.randn(2, 3, 12, 10, generator=_gen(3))
+    z = torch.randn(2, 3, 12, 10, generator=gen(3))
     v, i = ops.act_pool2d(z, "elu", 2)
     vr, ir = F.max_pool2d(F.elu(z), 2, return_indices=True)
     torch.testing.assert_close(v, vr)
@@ -152,17 +130,17 @@ def _check_unpool(y, i, act, size, aten=True):
     assert out.shape == y.shape[:2] + tuple(size) and out.dtype == y.dtype
     torch.testing.assert_close(out, ref)
     if aten:  # the reference is PyTorch's (single-threaded) max_unpool2d
-        torch.testing.assert_close(ref, ops._activate(torch.ops.aten.max_unpool2d(y, i, list(size)), act))
+        torch.testing.assert_close(ref, activate(torch.ops.aten.max_unpool2d(y, i, list(size)), act))
     return out
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("pool", POOLS, ids=lambda p: "k%ds%dp%d" % p)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+@pytest.mark.parametrize("pool", POOLS, ids=pool_id)
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_unpool_act2d_matches_ref(ext, one_thread, dtype, act, pool, shape):
     i, pshape = _switches(shape, pool)
-    y = torch.randn(pshape, generator=_gen(7), dtype=dtype) * 2
+    y = torch.randn(pshape, generator=gen(7), dtype=dtype) * 2
     _check_unpool(y, i, act, shape[2:])
 
 
@@ -174,7 +152,7 @@ def test_unpool_act2d_duplicates_last_write_wins(ext, one_thread, dtype, act):
     i, pshape = _switches(shape, (3, 2, 1), seed=5)
     flat = i.flatten(2)
     assert any(flat[n, c].unique().numel() < flat.shape[2] for n in range(2) for c in range(3))
-    y = torch.randn(pshape, generator=_gen(8), dtype=dtype)
+    y = torch.randn(pshape, generator=gen(8), dtype=dtype)
     out = _check_unpool(y, i, act, shape[2:])
     # explicit: the last pooled position (row-major) holding an index wins
     yf = y.flatten(2)
@@ -183,12 +161,12 @@ def test_unpool_act2d_duplicates_last_write_wins(ext, one_thread, dtype, act):
         for c in range(3):
             for p in range(flat.shape[2]):
                 expect[n, c, flat[n, c, p]] = yf[n, c, p]
-    torch.testing.assert_close(out, ops._activate(expect.view(2, 3, 11, 13), act))
+    torch.testing.assert_close(out, activate(expect.view(2, 3, 11, 13), act))
     # the smallest case
     y1 = torch.tensor([[[[1.0, 2.0, 3.0]]]], dtype=dtype)
     i1 = torch.zeros(1, 1, 1, 3, dtype=torch.int64)
     out1 = _check_unpool(y1, i1, act, (1, 3))
-    torch.testing.assert_close(out1, ops._activate(torch.tensor([[[[3.0, 0.0, 0.0]]]], dtype=dtype), act))
+    torch.testing.assert_close(out1, activate(torch.tensor([[[[3.0, 0.0, 0.0]]]], dtype=dtype), act))
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -196,7 +174,7 @@ def test_unpool_act2d_noncontiguous(ext, one_thread, act):
     shape = (2, 4, 11, 13)
     i, pshape = _switches(shape, (3, 2, 1), seed=3)
     N, C, Hp, Wp = pshape
-    y = torch.randn(N, C, Wp, Hp, generator=_gen(9)).transpose(2, 3)
+    y = torch.randn(N, C, Wp, Hp, generator=gen(9)).transpose(2, 3)
     i_big = torch.zeros(N, C, Hp, 2 * Wp, dtype=torch.int64)
     i_big[..., ::2] = i
     i_nc = i_big[..., ::2]
@@ -207,14 +185,14 @@ def test_unpool_act2d_noncontiguous(ext, one_thread, act):
 
 def test_unpool_act2d_output_size_forms(ext):
     i, pshape = _switches((1, 2, 8, 6), (2, 2, 0))
-    y = torch.randn(pshape, generator=_gen(4))
+    y = torch.randn(pshape, generator=gen(4))
     a = ops.unpool_act2d(y, i, "elu", (8, 6))
     torch.testing.assert_close(a, ops.unpool_act2d(y, i, "elu", torch.Size([1, 2, 8, 6])))
     torch.testing.assert_close(a, ops.unpool_act2d(y, i, "elu", [8, 6], impl="torch"))
 
 
 def test_pool_then_unpool_roundtrip(ext):
-    z = torch.rand(2, 3, 16, 16, generator=_gen(6)) + 0.1  # positive: zeros never win
+    z = torch.rand(2, 3, 16, 16, generator=gen(6)) + 0.1  # positive: zeros never win
     v, i = ops.act_pool2d(z, "identity", 2, 2, 0)
     back = ops.unpool_act2d(v, i, "identity", (16, 16))
     assert torch.equal(F.max_pool2d(back, 2, 2), v)
@@ -226,10 +204,10 @@ def test_pool_then_unpool_roundtrip(ext):
 
 @pytest.mark.parametrize("act", ACTS)
 def test_opcheck(ext, act):
-    code = ops._ACT_CODES[act]
-    z = torch.randn(2, 3, 7, 5, generator=_gen(10), dtype=torch.float64)
+    code = ACT_CODES[act]
+    z = torch.randn(2, 3, 7, 5, generator=gen(10), dtype=torch.float64)
     v, i = torch.ops.dtp_fast.act_pool2d(z, code, [3, 3], [2, 2], [1, 1])
-    y = torch.randn(v.shape, generator=_gen(11), dtype=torch.float64)
+    y = torch.randn(v.shape, generator=gen(11), dtype=torch.float64)
     for rg in (False, True) if act == "elu" else (True,):
         torch.library.opcheck(
             torch.ops.dtp_fast.act_pool2d.default,
@@ -242,14 +220,14 @@ def test_opcheck(ext, act):
 
 @pytest.mark.parametrize("act", ACTS)
 def test_autograd(ext, act):
-    z = torch.randn(2, 2, 7, 6, generator=_gen(12), dtype=torch.float64, requires_grad=True)
+    z = torch.randn(2, 2, 7, 6, generator=gen(12), dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda t: ops.act_pool2d(t, act, 3, 2, 1, impl="compiled")[0], (z,))
     v, i = ops.act_pool2d(z.detach(), act, 3, 2, 1)
-    y = torch.randn(v.shape, generator=_gen(13), dtype=torch.float64, requires_grad=True)
+    y = torch.randn(v.shape, generator=gen(13), dtype=torch.float64, requires_grad=True)
     # duplicates in i: only the winning (last) position gets a gradient
     torch.autograd.gradcheck(lambda t: ops.unpool_act2d(t, i, act, (7, 6), impl="compiled"), (y,))
-    gv = torch.randn(v.shape, generator=_gen(14), dtype=torch.float64)
-    gz = torch.randn(z.shape, generator=_gen(15), dtype=torch.float64)
+    gv = torch.randn(v.shape, generator=gen(14), dtype=torch.float64)
+    gz = torch.randn(z.shape, generator=gen(15), dtype=torch.float64)
     for impl_grads in (
         [torch.autograd.grad(ops.act_pool2d(z, act, 3, 2, 1, impl=m)[0], z, gv)[0] for m in ("compiled", "torch")],
         [torch.autograd.grad(ops.unpool_act2d(y, i, act, (7, 6), impl=m), y, gz)[0] for m in ("compiled", "torch")],
@@ -262,14 +240,14 @@ def test_autograd(ext, act):
 # --------------------------------------------------------------------------
 
 def test_auto_uses_compiled_on_cpu_float(ext, monkeypatch):
-    z = torch.randn(1, 2, 6, 6, generator=_gen(16))
+    z = torch.randn(1, 2, 6, 6, generator=gen(16))
 
     def boom(*a, **k):
         raise AssertionError("reference called")
 
-    monkeypatch.setattr(ops, "act_pool2d_ref", boom)
+    monkeypatch.setattr(pool_ops, "act_pool2d_ref", boom)
     v, i = ops.act_pool2d(z, "elu", 2, 2, 0)
-    monkeypatch.setattr(ops, "unpool_act2d_ref", boom)
+    monkeypatch.setattr(pool_ops, "unpool_act2d_ref", boom)
     ops.unpool_act2d(v, i, "elu", (6, 6))
     monkeypatch.undo()
     # other dtypes fall back to the reference
@@ -335,7 +313,7 @@ def test_disable_env_uses_torch_path(monkeypatch):
         assert _ext.available() is False
         assert "DTP_FAST_DISABLE_EXT" in _ext.load_error()
         assert _ext.build_info() is None
-        z = torch.randn(2, 3, 9, 7, generator=_gen(17))
+        z = torch.randn(2, 3, 9, 7, generator=gen(17))
         for impl in ("torch", "auto"):
             v, i = ops.act_pool2d(z, "elu", 3, 2, 1, impl=impl)
             vr, ir = F.max_pool2d(F.elu(z), 3, 2, 1, return_indices=True)

@@ -6,9 +6,9 @@ that does not lower, a register blow-up). This compiles every kernel
 specialization the ``triton`` backend launches, through ptxas (bundled with
 the triton wheel), for one GPU architecture:
 
-    python -m dtp_fast.kernels.compile_check            # sm_90, float32 and float64
-    python -m dtp_fast.kernels.compile_check --quick    # the float32 ELU specializations only
-    python -m dtp_fast.kernels.compile_check --arch 80
+    python -m dtp_fast.ops.triton.compile_check            # sm_90, float32 and float64
+    python -m dtp_fast.ops.triton.compile_check --quick    # the float32 ELU specializations only
+    python -m dtp_fast.ops.triton.compile_check --arch 80
 
 It must run with ``TRITON_INTERPRET`` unset. Exit status 1 if any kernel fails.
 """
@@ -22,7 +22,7 @@ import time
 
 def _specializations(quick: bool):
     """(name, kernel, signature, constexprs, options) of every launch variant."""
-    from . import chain, noise, pool
+    from . import chain, dh, noise, sgd
 
     ints = lambda *names: {n: "i32" for n in names}  # noqa: E731
     geos = [dict(KH=2, KW=2, SH=2, SW=2, PH=0, PW=0, NH=1, NW=1), dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, NH=2, NW=2)]
@@ -36,13 +36,13 @@ def _specializations(quick: bool):
         for act in ((1,) if quick else range(4)):
             for geo in geos:
                 c = {k: "constexpr" for k in geo}
-                yield (f"dh1 {dt} act={act} k={geo['KH']}", pool._dh1_kernel,
+                yield (f"dh1 {dt} act={act} k={geo['KH']}", dh._dh1_kernel,
                        {"OUT": p, "Z": p, "H0": p, **ints("total", "B", "C", "H", "W", "Hp", "Wp"),
                         **{f"{t}s{i}": "i64" for t in "zh" for i in range(4)}, **c, "ACT": "constexpr",
                         "CL": "constexpr", "BLOCK": "constexpr"}, {**geo, "ACT": act, "CL": True, "BLOCK": 1024}, {})
                 for has_eps in (False, True):
                     for pooled in ((True,) if quick else (True, False)):
-                        yield (f"dh2 {dt} act={act} k={geo['KH']} eps={has_eps} pool={pooled}", pool._dh2_kernel,
+                        yield (f"dh2 {dt} act={act} k={geo['KH']} eps={has_eps} pool={pooled}", dh._dh2_kernel,
                                {"OUT": p, "Y": p, "I": "*i64" if pooled else p, "H0": p, "EPS": p, "P": p,
                                 **ints("total", "B", "C", "H", "W", "Hp", "Wp"),
                                 **{f"{t}s{i}": "i64" for t in "yihe" for i in range(4)},
@@ -54,10 +54,10 @@ def _specializations(quick: bool):
                                                   "BLOCK": "constexpr"}, {"BLOCK": 4096}, {})
         for has_a in (True, False):
             sig = {}
-            for s in range(chain.SLOTS):
+            for s in range(sgd.SLOTS):
                 sig.update({f"V{s}": p, f"B{s}": p, f"Q{s}": p, f"A{s}": p, f"P{s}": p, f"n{s}": "i32"})
             sig.update({**ints("e1", "e2", "e3"), "HAS_A": "constexpr", "BLOCK": "constexpr"})
-            yield f"momentum {dt} A={has_a}", chain._momentum_kernel, sig, {"HAS_A": has_a, "BLOCK": 2048}, {}
+            yield f"momentum {dt} A={has_a}", sgd._momentum_kernel, sig, {"HAS_A": has_a, "BLOCK": 2048}, {}
         for bj in (16, 64):
             yield (f"linear chain {dt} BJ={bj}", chain._linear_chain_kernel,
                    {"V": p, "BUF": p, "A": p, "C": p, "G": p, "LOSS": p, "P": p,

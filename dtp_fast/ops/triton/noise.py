@@ -1,6 +1,6 @@
-"""Counter-based Gaussian noise inside Triton kernels.
+"""Counter-based Gaussian noise inside Triton kernels (the ``noise`` family).
 
-The same generator as :mod:`dtp_fast.noise` (and ``csrc/philox.h``): element
+The same generator as :mod:`dtp_fast.ops.noise` (and ``csrc/philox.h``): element
 ``e`` of data row ``r`` in noise block ``m`` is lane ``e % 4`` of the four
 normals that Philox4x32-10 and Box-Muller (polynomial log, sin, cos in
 float32) make from the counter ``(e // 4, offset + r, k0 + m // S, m % S)``
@@ -11,7 +11,7 @@ Every float32 operation is the mirror's, in the same order: the division is
 ``/`` and ``tl.sqrt`` are approximate on GPUs), and the kernels that draw
 noise are launched with ``enable_fp_fusion=False`` so that no multiply-add is
 contracted into an FMA. The normals are therefore bit-identical to
-``dtp_fast.noise.philox_normal`` (tests/test_triton.py checks this under the
+``dtp_fast.ops.noise.philox_normal`` (tests/ops/test_noise.py checks this under the
 interpreter). Each element computes its own Philox block (a quarter of it is
 used); that costs arithmetic, not memory traffic.
 """
@@ -33,7 +33,7 @@ _M0 = tl.constexpr(0xD2511F53)
 _M1 = tl.constexpr(0xCD9E8D57)
 _W0 = tl.constexpr(0x9E3779B9)
 _W1 = tl.constexpr(0xBB67AE85)
-# the float32 constants of the mirror (dtp_fast/noise.py), as Python floats that are exact float32 values
+# the float32 constants of the mirror (dtp_fast/ops/noise.py), as Python floats that are exact float32 values
 _LN2 = tl.constexpr(_mirror._LN2)
 _L3, _L5, _L7, _L9, _L11 = (tl.constexpr(v) for v in _mirror._L)
 _S3, _S5, _S7, _S9, _S11, _S13 = (tl.constexpr(v) for v in _mirror._S)
@@ -80,6 +80,7 @@ def _radius(a):
     t = f - 1.0
     s = tl.div_rn(t, t + 2.0)
     s2 = s * s
+    # the polynomials unrolled term by term, as the mirror's _horner (deliberately: the same roundings)
     acc = s2 * _L11
     acc = s2 * (acc + _L9)
     acc = s2 * (acc + _L7)
@@ -206,7 +207,7 @@ def noise_fill_(out: torch.Tensor, key, sigma, *, batch: int, offset: int = 0, i
 
 
 def philox_normal(shape, key, offset: int, iteration: int, sample: int, device="cuda") -> torch.Tensor:
-    """Triton twin of :func:`dtp_fast.noise.philox_normal` (float32, same bits)."""
+    """Triton twin of :func:`dtp_fast.ops.noise.philox_normal` (float32, same bits)."""
     shape = tuple(shape)
     out = torch.empty(shape, dtype=torch.float32, device=device)
     if math.prod(shape) == 0:

@@ -1,24 +1,23 @@
-"""Triton kernels of the ``triton`` feedback backend (ALGORITHM.md section 5).
+"""Triton kernels of the ``triton`` feedback backend (ALGORITHM.md section 5), by op family.
 
-Three modules, each with the ``@triton.jit`` kernels and the Python wrappers
-that launch them:
+Each module holds the ``@triton.jit`` kernels and the Python wrappers that launch them:
 
-- :mod:`.noise`: the counter-based Philox normals of :mod:`dtp_fast.noise`,
+- :mod:`.noise`: the counter-based Philox normals of :mod:`dtp_fast.ops.noise`,
   drawn inside kernels (same bits as ``philox_normal``), and ``dx = sigma * eps``;
-- :mod:`.pool`: the perturbations dh1 (activation + max-pool with switches,
+- :mod:`.dh`: the perturbations dh1 (activation + max-pool with switches,
   unpool, minus the clean pass) and dh2 (noise drawn in the kernel, unpool
   with the clean switches, activation, minus the clean pass);
-- :mod:`.chain`: the sequential chain: the L-DRL loss of a layer (both terms,
-  one reduction), a multi-tensor momentum-SGD step for several layers in one
-  launch, and a persistent kernel running every iteration of a Linear
-  feedback block in one launch.
+- :mod:`.sgd`: a multi-tensor momentum-SGD step for several layers in one launch;
+- :mod:`.chain`: the L-DRL loss of a layer (both terms, one reduction) and a
+  persistent kernel running every iteration of a Linear feedback block in one launch.
 
 :mod:`.compile_check` compiles them all for a CUDA target without a GPU.
 
 Triton is optional: importing this package does not import it;
 :func:`available` says whether it can be. The kernels run on CUDA tensors,
 or on CPU tensors under ``TRITON_INTERPRET=1`` (set before the kernel modules
-are imported; slow, for tests).
+are imported; slow, for tests). ``import triton`` in these modules is the
+triton package (absolute imports), not this folder.
 """
 from __future__ import annotations
 
