@@ -180,11 +180,11 @@ class _Calls:
 
     def __init__(self, monkeypatch):
         self.sgd, self.chain, self.loss = [], [], []
-        for name, log, size in (("fused_momentum_sgd_", self.sgd, lambda a: len(a[0])),
-                                ("fused_linear_chain_", self.chain, lambda a: tuple(a[2].shape)),
-                                ("fused_ldrl_loss", self.loss, lambda a: tuple(a[2].shape))):
-            real = getattr(cuda_backend, name)
-            monkeypatch.setattr(cuda_backend, name,
+        for name, log, size in (("momentum_sgd_", self.sgd, lambda a: len(a[0])),
+                                ("linear_chain_", self.chain, lambda a: tuple(a[2].shape)),
+                                ("ldrl_loss", self.loss, lambda a: tuple(a[2].shape))):
+            real = getattr(cuda_backend.ops, name)
+            monkeypatch.setattr(cuda_backend.ops, name,
                                 lambda *a, _r=real, _l=log, _s=size: (_l.append(_s(a)), _r(*a))[1])
 
 

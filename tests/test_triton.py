@@ -15,7 +15,7 @@ import torch
 import dtp_fast
 from dtp_fast.feedback import (BackendUnavailableError, FeedbackConfig, FeedbackState, available_backends,
                                resolve_backend, train_feedback)
-from dtp_fast.feedback.analytic import minimum_memory_budget
+from dtp_fast.feedback import minimum_memory_budget
 from dtp_fast.feedback import TritonBackend
 from dtp_fast.noise import CounterNoise, ExplicitNoise
 from dtp_fast.ops import triton as kernels

@@ -50,7 +50,7 @@ def available_impls(device: torch.device) -> dict[str, str | None]:
         why["cpu"] = None if _ext.available() else _ext.load_error()
         why["cuda"] = why["triton"] = "needs a CUDA device"
     else:
-        from dtp_fast.feedback.cuda import cuda_kernels_problem
+        from dtp_fast.feedback.backends.cuda import cuda_kernels_problem
 
         why["cpu"] = "times CPU tensors (use --device cpu)"
         why["cuda"] = cuda_kernels_problem()
