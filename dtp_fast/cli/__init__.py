@@ -21,7 +21,6 @@ def commands() -> tuple[Command, ...]:
     return TRAIN, DEMO, bench.COMMAND, sweep.COMMAND, report.COMMAND, theory.COMMAND, scaling.COMMAND, INFO
 
 
-
 def build_parser() -> ToolParser:
     parser = ToolParser(
         prog="dtp-fast",

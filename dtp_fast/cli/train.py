@@ -265,8 +265,6 @@ def cmd_info(args) -> int:
     return 0
 
 
-
-
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="simple_vgg", help="network preset (default simple_vgg)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
