@@ -88,3 +88,27 @@ def test_standalone_tool_keeps_the_policy(tmp_path, capsys, monkeypatch):
     assert COMMAND.main(["--backends", "nonsense", "--quiet"], prog="bench_feedback") == 2
     err = capsys.readouterr().err
     assert err.startswith("bench_feedback: error: ") and err.count("\n") == 1 and "nonsense" in err
+
+
+def test_run_command_exit_statuses_and_bugs(capsys, monkeypatch):
+    """A NaN/inf loss exits 3; an unexpected error (a bug) keeps its traceback even without DTP_FAST_DEBUG."""
+    import argparse
+
+    from dtp_fast.cli.common import CommandError, run_command
+    from dtp_fast.trainer import NonFiniteLossError
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+    def raises(err):
+        def run(args):
+            raise err
+        return run
+
+    ns = argparse.Namespace()
+    assert run_command("tool", raises(NonFiniteLossError("loss is nan\nat step 3")), ns) == 3
+    assert capsys.readouterr().err == "tool: error: loss is nan at step 3\n"
+    assert run_command("tool", raises(CommandError("needs --out", exit_code=1)), ns) == 1
+    assert capsys.readouterr().err == "tool: error: needs --out\n"
+    with pytest.raises(KeyError):
+        run_command("tool", raises(KeyError("bug")), ns)
+    assert run_command("tool", lambda args: 0, ns) == 0
