@@ -83,7 +83,9 @@ class ToolParser(argparse.ArgumentParser):
 class Command:
     """One subcommand: its help texts, the function adding its options and the one running it.
 
-    ``run(args)`` returns the exit status and raises on bad input (see :func:`run_command`).
+    ``run(args)`` returns the exit status and raises on bad input (see :func:`run_command`). Each
+    command module declares its ``COMMAND`` (alike on purpose: a declaration, the one place its name
+    and help texts are written) and ``main = COMMAND.main``.
     """
     name: str
     help: str
@@ -96,9 +98,10 @@ class Command:
         self.add_arguments(p)
         p.set_defaults(func=self.run)
 
-    def main(self, argv=None, prog: str | None = None, description: str | None = None) -> int:
-        """Run the command alone (``dtp-fast <name>`` without the other subcommands)."""
-        parser = ToolParser(prog=prog or f"dtp-fast {self.name}", description=description or self.description)
+    def main(self, argv=None, prog: str | None = None) -> int:
+        """Run the command alone (``dtp-fast <name>`` without the other subcommands; ``prog``: the name
+        its usage and errors show, e.g. a script's)."""
+        parser = ToolParser(prog=prog or f"dtp-fast {self.name}", description=self.description)
         self.add_arguments(parser)
         return run_command(parser.prog, self.run, parser.parse_args(argv))
 
