@@ -5,7 +5,7 @@
 """
 import sys
 
-from dtp_fast.bench import main
+from dtp_fast.cli.bench import COMMAND
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(COMMAND.main(prog="bench_feedback"))

@@ -5,7 +5,7 @@
 """
 import sys
 
-from dtp_fast.cli import main
+from dtp_fast.cli.scaling import COMMAND
 
 if __name__ == "__main__":
-    sys.exit(main(["scaling", *sys.argv[1:]]))
+    sys.exit(COMMAND.main(prog="bench_scaling"))

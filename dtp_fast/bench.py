@@ -15,18 +15,15 @@ the different backends are interleaved, and each starts from the same weights
 and a fresh optimiser state. Ratios are to the ``reference`` backend measured
 in the same run.
 
-Use it as ``dtp-fast bench ...`` or ``python benchmarks/bench_feedback.py ...``;
-:func:`add_arguments` and :func:`run` are the pieces the CLI wires up.
+Use it as ``dtp-fast bench ...`` or ``python benchmarks/bench_feedback.py ...``
+(the options are in :mod:`dtp_fast.cli.bench`); ``_Bench(args).run()`` returns the
+results, :func:`to_markdown` and :func:`write_plot` present them.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import ctypes
-import ctypes.util
 import datetime
 import os
-import resource
 import statistics
 import sys
 import time
@@ -34,86 +31,16 @@ from typing import Callable
 
 import torch
 
+from .memory import memory_method, peak_memory, synchronize
 from .utils import cpu_name
-from .utils import positive_int as _positive_int
 
-__all__ = ["add_arguments", "run", "main", "BenchError", "build_net", "scale_width", "peak_memory"]
+__all__ = ["BenchError", "build_net", "scale_width", "peak_memory", "to_markdown", "write_plot", "device_name"]
 
 NETS = ("simple_vgg", "lenet")
 
 
 class BenchError(ValueError):
     """A bad benchmark setting (the message says which and what is allowed)."""
-
-
-# ---------------------------------------------------------------------------- arguments
-def _int_list(text: str) -> list[int]:
-    try:
-        out = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not out or any(v < 0 for v in out):
-        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
-    return out
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
-
-
-def _memory_budget(text: str):
-    low = text.strip().lower()
-    if low == "default":
-        return "default"
-    if low in ("none", "unlimited"):
-        return None
-    try:
-        mib = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MiB (a number), 'default' or 'none', got {text!r}") from None
-    if not mib > 0:
-        raise argparse.ArgumentTypeError(f"memory budget must be > 0 MiB, got {text!r}")
-    return int(mib * 2**20)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``bench`` options to ``parser``."""
-    g = parser.add_argument_group("what to time")
-    g.add_argument("--net", choices=NETS, default="simple_vgg", help="network (default simple_vgg)")
-    g.add_argument("--width", type=_positive_float, default=1.0,
-                   help="channel multiplier on the paper's widths (SimpleVGG 128,128,256,256,512; LeNet "
-                        "channels 32,64 and hidden 512); 0.25 runs in minutes on a laptop CPU (default 1)")
-    g.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
-    g.add_argument("--iterations", type=_int_list, default=None,
-                   help="feedback iterations per layer, comma-separated, or one for all (default: the paper's, "
-                        "SimpleVGG 20,30,35,55,20, LeNet 41,51,24)")
-    g.add_argument("--backends", default=None,
-                   help="feedback backends, comma-separated (default: every usable one on --device); "
-                        "'reference' is always added, as ratios are to it")
-    g.add_argument("--per-layer", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time each layer alone (default on)")
-    g = parser.add_argument_group("how")
-    g.add_argument("--repeats", type=_positive_int, default=5,
-                   help="timed runs per measurement after 1 warm-up; the median is reported (default 5)")
-    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
-    g.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default float32")
-    g.add_argument("--memory-budget", type=_memory_budget, default="default", metavar="MiB",
-                   help="memory the precomputed perturbations may take, in MiB, passed to the backends as "
-                        "memory_budget; 'none' for no limit (default: each backend's default)")
-    g.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and noise (default 0)")
-    g = parser.add_argument_group("output (the markdown table always goes to stdout)")
-    g.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
-    g.add_argument("--markdown", default=None, metavar="FILE", help="write the markdown tables")
-    g.add_argument("--plot", default=None, metavar="FILE", help="write a PNG bar chart (needs matplotlib)")
-    g.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 # ---------------------------------------------------------------------------- network
@@ -154,86 +81,6 @@ def _load_average():
         return round(os.getloadavg()[0], 2)
     except (OSError, AttributeError):
         return None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ---------------------------------------------------------------------------- memory
-_LIBC = None
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap memory back to the OS (glibc), so RSS is a meaningful baseline."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC = lib if hasattr(lib, "malloc_trim") else False
-        except OSError:
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-def _status_kib(key: str) -> int | None:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def _can_reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _status_kib("VmHWM") is not None and _status_kib("VmRSS") is not None
-    except OSError:
-        return False
-
-
-def _maxrss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
-
-
-def memory_method(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "cuda_max_memory_allocated"
-    if _can_reset_hwm():
-        return "proc_vmhwm"
-    return "getrusage_maxrss"
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device, method: str) -> int:
-    """Peak memory in bytes that ``fn()`` adds on top of what was in use before it.
-
-    ``cuda_max_memory_allocated``: the CUDA caching allocator's peak minus what
-    was allocated before. ``proc_vmhwm``: the kernel's resident-set high-water
-    mark (VmHWM, reset through /proc/self/clear_refs) minus VmRSS before.
-    ``getrusage_maxrss``: growth of the process's lifetime peak RSS, a lower
-    bound (0 when the process peaked higher earlier).
-    """
-    _malloc_trim()
-    if method == "cuda_max_memory_allocated":
-        _sync(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        _sync(device)
-        return max(0, torch.cuda.max_memory_allocated(device) - before)
-    if method == "proc_vmhwm":
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        before = _status_kib("VmRSS")
-        fn()
-        return max(0, (_status_kib("VmHWM") - before) * 1024)
-    before = _maxrss_bytes()
-    fn()
-    return max(0, _maxrss_bytes() - before)
 
 
 # ---------------------------------------------------------------------------- the benchmark
@@ -360,10 +207,10 @@ class _Bench:
     def _time_once(self, make: Callable[[int], Callable[[], None]], step: int) -> float:
         self._reset()
         fn = make(step)
-        _sync(self.device)
+        synchronize(self.device)
         t0 = time.perf_counter()
         fn()
-        _sync(self.device)
+        synchronize(self.device)
         return time.perf_counter() - t0
 
     def time_interleaved(self, label: str, makers: dict) -> dict[str, list[float]]:
@@ -571,42 +418,3 @@ def write_plot(res: dict, path) -> None:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     _atomic(path, lambda fh: fh.write(buf.getvalue()))
-
-
-# ---------------------------------------------------------------------------- entry points
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark for parsed ``args`` (from :func:`add_arguments`); returns the exit
-    status: 0, or 2 after a one-line error for a bad setting."""
-    from .feedback import BackendUnavailableError
-    from .utils import atomic_write_json, atomic_write_text
-
-    try:
-        if args.plot:  # fail before minutes of timing, not after
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                raise BenchError("--plot needs matplotlib, which is not installed: pip install matplotlib") from None
-        res = _Bench(args).run()
-        md = to_markdown(res)
-        if args.json:
-            atomic_write_json(res, args.json)
-        if args.markdown:
-            atomic_write_text(md, args.markdown)
-        if args.plot:
-            write_plot(res, args.plot)
-    except (ValueError, RuntimeError, OSError) as err:
-        if os.environ.get("DTP_FAST_DEBUG") or not isinstance(err, (ValueError, BackendUnavailableError, OSError)):
-            raise
-        print(f"dtp-fast bench: error: {err}", file=sys.stderr)
-        return 2
-    print(md, end="")
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bench_feedback",
-        description="Time the L-DRL feedback phase of one batch (SimpleVGG or LeNet at the paper's iteration "
-                    "counts) per backend and per layer, against a backprop step of the same network.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))

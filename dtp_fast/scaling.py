@@ -2,15 +2,15 @@
 
 For each rank count N it launches ``torchrun --standalone --nproc-per-node N``
 on ``dtp-fast train`` (a fresh run in a temporary folder, a few batches of
-``--batch-per-rank`` images per rank, so the global batch grows with N) and
+``batch_per_rank`` images per rank, so the global batch grows with N) and
 reads the run's summary: images per second, and the seconds spent in
 collective operations. The efficiency of N ranks is their images/s over N
 times one rank's. On CPUs every rank gets ``cores // max(ranks)`` threads in
-every run, so that all runs use the same resources per rank.
+every run, so that all runs use the same resources per rank. The options are
+in :mod:`dtp_fast.cli.scaling`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,71 +20,54 @@ from pathlib import Path
 
 import torch
 
-from .utils import atomic_write_json, positive_int, versions
+from .utils import versions
 
-__all__ = ["add_arguments", "run"]
-
-
-def _ranks(text: str) -> list[int]:
-    try:
-        out = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated rank counts, got {text!r}") from None
-    if not out or out[0] < 1:
-        raise argparse.ArgumentTypeError(f"rank counts must be >= 1, got {text!r}")
-    return out
+__all__ = ["ScalingError", "scaling", "to_markdown"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ranks", type=_ranks, default=[1, 2], help="rank counts to run, e.g. 1,2,4 (default 1,2)")
-    p.add_argument("--preset", default="simple_vgg", help="network preset (default simple_vgg)")
-    p.add_argument("--dataset", default="digits", help="data set (default digits; cifar10/imagenet32 need --data)")
-    p.add_argument("--data", default=None, help="where the data set lives")
-    p.add_argument("--batch-per-rank", type=positive_int, default=32, help="images per rank per batch (default 32)")
-    p.add_argument("--batches", type=positive_int, default=10, help="training batches per run (default 10)")
-    p.add_argument("--algo", default="ldrl", help="ldrl (default) or bp, ...")
-    p.add_argument("--backend", default="auto", help="feedback backend (default auto)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other training setting, passed on to dtp-fast train")
-    p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.add_argument("--markdown", default=None, help="write a markdown table to this file")
+class ScalingError(RuntimeError):
+    """The training run with some number of ranks failed (the message holds its error)."""
 
 
-def _launch(args, ranks: int, out: Path, threads: int | None) -> dict:
+def _launch(ranks: int, out: Path, threads: int | None, preset: str, dataset: str, data, batch_per_rank: int,
+            batches: int, algo: str, backend: str, device: str, settings) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
-           "-m", "dtp_fast.cli", "train", "--preset", args.preset, "--dataset", args.dataset,
-           "--algo", args.algo, "--backend", args.backend, "--device", args.device, "--epochs", "1",
-           "--batch-size", str(args.batch_per_rank * ranks), "--limit-batches", str(args.batches),
+           "-m", "dtp_fast.cli", "train", "--preset", preset, "--dataset", dataset,
+           "--algo", algo, "--backend", backend, "--device", device, "--epochs", "1",
+           "--batch-size", str(batch_per_rank * ranks), "--limit-batches", str(batches),
            "--out", str(out), "--json", "--set", "progress=false", "--set", "diagnostics=false"]
-    if args.data:
-        cmd += ["--data", args.data]
-    for kv in args.set:
-        cmd += ["--set", kv]
+    if data:
+        cmd += ["--data", data]
+    for key, value in settings:
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = (proc.stdout + proc.stderr).splitlines()
-        tail = "\n".join([line for line in lines if line.startswith("dtp-fast: error")][:1] or lines[-25:])
-        raise RuntimeError(f"the run with {ranks} rank(s) failed (exit {proc.returncode}):\n{tail}")
+        errors = [line for line in lines if line.startswith("dtp-fast") and ": error:" in line]
+        tail = "\n".join(errors[:1] or lines[-25:])
+        raise ScalingError(f"the run with {ranks} rank(s) failed (exit {proc.returncode}):\n{tail}")
     return json.loads((out / "summary.json").read_text())
 
 
-def run(args) -> int:
-    cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    threads = None if cuda else max(1, (os.cpu_count() or 1) // max(args.ranks))
+def scaling(ranks=(1, 2), preset: str = "simple_vgg", dataset: str = "digits", data=None, batch_per_rank: int = 32,
+            batches: int = 10, algo: str = "ldrl", backend: str = "auto", device: str = "auto", settings=(),
+            log=None) -> dict:
+    """Train ``batches`` batches with each rank count in ``ranks`` under torchrun and return
+    ``{"results": [{"ranks", "images_per_second", "efficiency", "comm_seconds", ...}], ...}``.
+    ``settings``: more ``(key, value)`` training settings; ``log(msg)`` gets a line per run."""
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    threads = None if cuda else max(1, (os.cpu_count() or 1) // max(ranks))
     rows = []
     with tempfile.TemporaryDirectory(prefix="dtp-fast-scaling-") as tmp:
-        for n in args.ranks:
-            print(f"scaling: {n} rank(s), global batch {args.batch_per_rank * n}", file=sys.stderr, flush=True)
-            try:
-                s = _launch(args, n, Path(tmp) / f"ranks{n}", threads)
-            except RuntimeError as err:
-                print(f"dtp-fast scaling: error: {err}", file=sys.stderr)
-                return 2
-            rows.append({"ranks": n, "global_batch": args.batch_per_rank * n,
+        for n in ranks:
+            if log:
+                log(f"scaling: {n} rank(s), global batch {batch_per_rank * n}")
+            s = _launch(n, Path(tmp) / f"ranks{n}", threads, preset, dataset, data, batch_per_rank, batches, algo,
+                        backend, device, settings)
+            rows.append({"ranks": n, "global_batch": batch_per_rank * n,
                          "images_per_second": s["images_per_second"], "train_seconds": s["train_seconds"],
                          "comm_seconds": s["comm_seconds"],
                          "comm_fraction": s["comm_seconds"] / s["train_seconds"] if s["train_seconds"] else None,
@@ -93,19 +76,11 @@ def run(args) -> int:
     for r in rows:
         r["efficiency"] = (r["images_per_second"] / (r["ranks"] * base["images_per_second"])
                            if base else None)
-    result = {"preset": args.preset, "dataset": args.dataset, "algo": args.algo,
-              "batch_per_rank": args.batch_per_rank, "batches": args.batches, "threads_per_rank": threads,
-              "results": rows, "versions": versions()}
-    table = _markdown(result)
-    print(table)
-    if args.json:
-        atomic_write_json(result, args.json)
-    if args.markdown:
-        Path(args.markdown).write_text(table)
-    return 0
+    return {"preset": preset, "dataset": dataset, "algo": algo, "batch_per_rank": batch_per_rank,
+            "batches": batches, "threads_per_rank": threads, "results": rows, "versions": versions()}
 
 
-def _markdown(res: dict) -> str:
+def to_markdown(res: dict) -> str:
     lines = [f"**dtp-fast scaling**: {res['algo']} {res['preset']} on {res['dataset']}, {res['batch_per_rank']} "
              f"images per rank per batch, {res['batches']} batches"
              + (f", {res['threads_per_rank']} CPU thread(s) per rank" if res["threads_per_rank"] else ""), "",

@@ -12,23 +12,17 @@ sweep again picks up where it stopped:
   ...) stops the sweep before anything is trained: choose another ``--out``.
 
 At the end the report of ``OUT`` (:mod:`dtp_fast.report`) is written, unless
-``--no-report``. Use it as ``dtp-fast sweep ...``; :func:`add_arguments` and
-:func:`run` are the pieces the CLI wires up, :func:`sweep` the Python entry point.
+``--no-report``. Use it as ``dtp-fast sweep ...`` (the options are in
+:mod:`dtp_fast.cli.sweep`); :func:`sweep` is the Python entry point.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
-import re
-import sys
 import time
 from pathlib import Path
 
-from .utils import positive_int as _positive_int
-
-__all__ = ["SweepError", "add_arguments", "run", "main", "sweep", "parse_set", "plan", "run_dir_name"]
+__all__ = ["SweepError", "sweep", "plan", "run_dir_name"]
 
 DEFAULT_ALGOS = ("ldrl", "bp")
 # settings the sweep sets itself, and the flag to use instead
@@ -43,115 +37,9 @@ class SweepError(ValueError):
     """A bad sweep setting, or an output folder that holds other runs."""
 
 
-# ---------------------------------------------------------------------------- arguments
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) > 1 and all(parts):  # 20,30 or 0.1,0.3: a list, like the train flags
-        try:
-            return [json.loads(p) for p in parts]
-        except json.JSONDecodeError:
-            pass
-    return text
-
-
-def parse_set(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` -> ``(key, value)``: the value through ``json.loads`` when it parses
-    (``20``, ``0.01``, ``[20,30]``, ``true``, ``null``), a comma-separated list of numbers
-    as a list (``20,30``), anything else as a string. Dashes in the key become underscores."""
-    key, sep, value = text.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (for example lr=0.01 or feedback_iters=[20,30]), "
-                                         f"got {text!r}")
-    return key, _parse_value(value.strip())
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("expected at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"a seed is listed twice in {text!r}")
-    return seeds
-
-
-def _algos(text: str) -> list[str]:
-    from .trainer import ALGOS
-
-    algos = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [a for a in algos if a not in ALGOS]
-    if bad or not algos:
-        raise argparse.ArgumentTypeError(f"expected comma-separated algorithms out of {', '.join(ALGOS)}, "
-                                         f"got {text!r}")
-    if len(set(algos)) != len(algos):
-        raise argparse.ArgumentTypeError(f"an algorithm is listed twice in {text!r}")
-    return algos
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``sweep`` options to ``parser``."""
-    g = parser.add_argument_group("what to train")
-    g.add_argument("--preset", required=True,
-                   help="a network with default settings per data set (simple_vgg, lenet, mlp) or a paper "
-                        "experiment (cifar10-vgg-ldrl, ...: its data set and settings; --algos still decides "
-                        "the algorithms); `dtp-fast train --list-presets` lists them")
-    g.add_argument("--dataset", default=None,
-                   help="digits (embedded), cifar10 (needs --data), ... (default: the paper experiment's, or "
-                        "digits)")
-    g.add_argument("--data", default=None, help="where the data set lives (see `dtp-fast train --help`)")
-    g.add_argument("--algos", type=_algos, default=list(DEFAULT_ALGOS), metavar="A,B",
-                   help="algorithms, comma-separated: ldrl, bp, or the other DTP variants of `dtp-fast train "
-                        "--algo` (default ldrl,bp)")
-    g.add_argument("--seeds", type=_seeds, default=[0], metavar="S,S,...",
-                   help="seeds, comma-separated (default 0); each seed is one repeat")
-    g.add_argument("--out", required=True, metavar="DIR",
-                   help="output folder: one sub-folder <algo>-seed<seed> per run, and the report")
-    g = parser.add_argument_group("settings (default: the preset's for the data set)")
-    g.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run")
-    g.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size")
-    g.add_argument("--limit-batches", type=_positive_int, default=None,
-                   help="train on at most this many batches per epoch (quick checks)")
-    g.add_argument("--backend", default=None, help="feedback backend (default auto)")
-    g.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
-    g.add_argument("--set", dest="settings", type=parse_set, action="append", default=[], metavar="KEY=VALUE",
-                   help="any other setting of `dtp-fast train` (TrainConfig field, channels, hidden, or a "
-                        "reference-implementation name such as b_optim.lr), repeatable; VALUE is read as JSON "
-                        "when it parses, a comma-separated list of numbers as a list, else as a string: "
-                        "--set lr=0.01 --set feedback_iters=[20,30] --set channels=16,32")
-    g = parser.add_argument_group("output")
-    g.add_argument("--progress", action="store_true", help="show each run's progress bar and epoch lines")
-    g.add_argument("--no-report", dest="report", action="store_false",
-                   help="do not write the report (report.md, report.json, PNGs) at the end")
-    g.add_argument("--title", default=None, help="title of the report")
-
-
 # ---------------------------------------------------------------------------- planning
 def run_dir_name(algo: str, seed: int) -> str:
     return f"{algo}-seed{seed}"
-
-
-def _settings(args) -> dict:
-    from .presets import normalize_settings
-
-    settings = {}
-    for key, flag in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("limit_batches", "--limit-batches"),
-                      ("backend", "--backend"), ("device", "--device")):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    given = normalize_settings(dict(args.settings))  # a key set twice by --set: the last one wins
-    for key in given:
-        if key in _RESERVED:
-            raise SweepError(f"--set {key}=... is not allowed: use {_RESERVED[key]}")
-        if key in settings:
-            raise SweepError(f"{key} is given twice, by --{key.replace('_', '-')} and by --set")
-    return {**settings, **given}
 
 
 def _norm(v):
@@ -290,9 +178,9 @@ def sweep(preset: str, dataset: str | None = None, data=None, *, out, algos=DEFA
         if key in _RESERVED:
             raise SweepError(f"setting {key!r} is set by the sweep itself: use {_RESERVED[key]}")
     if report:
-        from .report import ReportError, _matplotlib
+        from .report import ReportError, require_matplotlib
         try:
-            _matplotlib()  # fail now, not after hours of training
+            require_matplotlib()  # fail now, not after hours of training
         except ReportError:
             raise SweepError("the report's figures need matplotlib, which is not installed: pip install "
                              "matplotlib (or pass --no-report)") from None
@@ -331,33 +219,3 @@ def sweep(preset: str, dataset: str | None = None, data=None, *, out, algos=DEFA
         echo(f"report written to {out}/report.md (report.json{''.join(', ' + f for f in rep['figures'])})",
              flush=True)
     return {"runs": runs, "report": rep}
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the sweep for parsed ``args`` (from :func:`add_arguments`); returns 0, 2 after a
-    one-line error on bad input, 3 when a loss became NaN or infinite."""
-    from .feedback import BackendUnavailableError
-    from .trainer import NonFiniteLossError
-
-    try:
-        sweep(args.preset, args.dataset, args.data, out=Path(args.out), algos=args.algos, seeds=args.seeds,
-              settings=_settings(args), progress=args.progress, report=args.report, title=args.title)
-    except (ValueError, OSError, BackendUnavailableError, NonFiniteLossError) as err:
-        if os.environ.get("DTP_FAST_DEBUG"):
-            raise
-        print(f"dtp-fast sweep: error: {err}", file=sys.stderr)
-        return 3 if isinstance(err, NonFiniteLossError) else 2
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dtp-fast sweep",
-        description="Train a preset with several algorithms and seeds (one run folder each, finished runs "
-                    "skipped, interrupted ones resumed), then write the report.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

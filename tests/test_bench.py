@@ -1,10 +1,11 @@
-"""`dtp-fast bench` (dtp_fast.bench) on tiny settings: schema, ratios, outputs, errors."""
+"""`dtp-fast bench` (dtp_fast.bench, dtp_fast.cli.bench) on tiny settings: schema, ratios, outputs, errors."""
 import argparse
 import json
 
 import pytest
 
 from dtp_fast import bench
+from dtp_fast.cli import bench as bench_cli
 from dtp_fast.feedback import available_backends
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,7 +43,7 @@ def _check(res, net, layers, iterations, repeats=1):
 
 def test_bench_simple_vgg_writes_json_markdown_and_png(tmp_path, capsys):
     out = tmp_path / "o"
-    rc = bench.main(TINY + ["--iterations", "1,1,1,1,1", "--json", str(out / "b.json"),
+    rc = bench_cli.main(TINY + ["--iterations", "1,1,1,1,1", "--json", str(out / "b.json"),
                             "--markdown", str(out / "b.md"), "--plot", str(out / "b.png"), "--quiet"])
     assert rc == 0
     res = json.loads((out / "b.json").read_text())
@@ -58,7 +59,7 @@ def test_bench_simple_vgg_writes_json_markdown_and_png(tmp_path, capsys):
 
 def test_bench_lenet_reference_only_no_per_layer_float64(tmp_path, capsys):
     path = tmp_path / "l.json"
-    rc = bench.main(TINY + ["--net", "lenet", "--iterations", "1,2,1", "--backends", "reference",
+    rc = bench_cli.main(TINY + ["--net", "lenet", "--iterations", "1,2,1", "--backends", "reference",
                             "--dtype", "float64", "--no-per-layer", "--json", str(path), "--quiet"])
     assert rc == 0
     res = json.loads(path.read_text())
@@ -72,7 +73,7 @@ def test_bench_lenet_reference_only_no_per_layer_float64(tmp_path, capsys):
 
 def test_bench_lenet_per_layer_names(tmp_path):
     path = tmp_path / "l.json"
-    assert bench.main(TINY + ["--net", "lenet", "--iterations", "1", "--json", str(path), "--quiet"]) == 0
+    assert bench_cli.main(TINY + ["--net", "lenet", "--iterations", "1", "--json", str(path), "--quiet"]) == 0
     _check(json.loads(path.read_text()), "lenet", ["conv_1", "fc1", "fc2"], [1, 1, 1])
 
 
@@ -81,14 +82,14 @@ def test_bench_reference_is_always_included(tmp_path):
     if not other:
         pytest.skip("only the reference backend is usable here")
     path = tmp_path / "o.json"
-    assert bench.main(TINY + ["--net", "lenet", "--iterations", "1,1,1", "--backends", other[0],
+    assert bench_cli.main(TINY + ["--net", "lenet", "--iterations", "1,1,1", "--backends", other[0],
                               "--no-per-layer", "--json", str(path), "--quiet"]) == 0
     assert [r["backend"] for r in json.loads(path.read_text())["results"]] == ["reference", other[0]]
 
 
 @pytest.mark.parametrize("backends", ["nonsense", "reference,nonsense"])
 def test_bench_bad_backend_exits_2_listing_usable(backends, capsys, tmp_path):
-    rc = bench.main(TINY + ["--backends", backends, "--json", str(tmp_path / "x.json"), "--quiet"])
+    rc = bench_cli.main(TINY + ["--backends", backends, "--json", str(tmp_path / "x.json"), "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "nonsense" in err and "reference" in err
@@ -106,13 +107,13 @@ def test_bench_unusable_backend_exits_2(monkeypatch, capsys):
         return out
     monkeypatch.setattr(engine, "available_backends", fake)
     monkeypatch.setattr("dtp_fast.feedback.available_backends", fake)
-    assert bench.main(TINY + ["--backends", "fastthing", "--quiet"]) == 2
+    assert bench_cli.main(TINY + ["--backends", "fastthing", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "fastthing" in err and "needs a GPU" in err and "reference" in err
 
 
 def test_bench_wrong_iteration_count_exits_2(capsys):
-    assert bench.main(TINY + ["--iterations", "1,1", "--quiet"]) == 2
+    assert bench_cli.main(TINY + ["--iterations", "1,1", "--quiet"]) == 2
     assert "conv_1" in capsys.readouterr().err
 
 
@@ -120,7 +121,7 @@ def test_scale_width_and_arguments():
     assert bench.scale_width([128, 128, 256, 256, 512], 0.25) == [32, 32, 64, 64, 128]
     assert bench.scale_width([32, 64], 0.01) == [1, 1]
     p = argparse.ArgumentParser()
-    bench.add_arguments(p)
+    bench_cli.add_arguments(p)
     a = p.parse_args([])
     assert (a.net, a.width, a.batch_size, a.repeats, a.device, a.backends, a.per_layer) == \
         ("simple_vgg", 1.0, 32, 5, "cpu", None, True)

@@ -1,4 +1,4 @@
-"""`dtp-fast sweep` and `dtp-fast report` (dtp_fast.sweep, dtp_fast.report) on tiny digits runs."""
+"""`dtp-fast sweep` and `dtp-fast report` (dtp_fast.sweep, dtp_fast.report, dtp_fast.cli) on tiny digits runs."""
 import argparse
 import json
 import re
@@ -9,7 +9,10 @@ import sys
 import pytest
 
 import dtp_fast.api
-from dtp_fast import report, sweep
+from dtp_fast import report
+from dtp_fast.cli import report as report_cli
+from dtp_fast.cli import sweep as sweep_cli
+from dtp_fast.cli.common import parse_set
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--preset", "mlp", "--dataset", "digits", "--epochs", "2", "--limit-batches", "3"]
@@ -20,7 +23,7 @@ RUNS = ["ldrl-seed0", "ldrl-seed1", "bp-seed0", "bp-seed1"]
 def swept(tmp_path_factory):
     """One real sweep (2 algos x 2 seeds, 2 epochs of 3 batches), shared by the tests that only read it."""
     out = tmp_path_factory.mktemp("sweep") / "sw"
-    rc = sweep.main(QUICK + ["--seeds", "0,1", "--algos", "ldrl,bp", "--out", str(out), "--set", "feedback_iters=2"])
+    rc = sweep_cli.main(QUICK + ["--seeds", "0,1", "--algos", "ldrl,bp", "--out", str(out), "--set", "feedback_iters=2"])
     assert rc == 0
     return out
 
@@ -88,7 +91,7 @@ def test_sweep_trains_every_algo_and_seed_and_writes_the_report(swept):
 def test_rerun_skips_finished_runs(swept, monkeypatch, capsys):
     monkeypatch.setattr(dtp_fast.api, "train", _no_train)
     before = {name: (swept / name / "summary.json").read_text() for name in RUNS}
-    rc = sweep.main(QUICK + ["--seeds", "0,1", "--algos", "ldrl,bp", "--out", str(swept), "--set", "feedback_iters=2"])
+    rc = sweep_cli.main(QUICK + ["--seeds", "0,1", "--algos", "ldrl,bp", "--out", str(swept), "--set", "feedback_iters=2"])
     assert rc == 0
     out = capsys.readouterr().out
     assert out.count("done already, skipped") == 4 and "4 done, 0 to resume, 0 to train" in out
@@ -102,7 +105,7 @@ def test_sweep_resumes_an_unfinished_run_and_refuses_other_settings(tmp_path, ca
                                     out=out / "bp-seed0")
     trainer.fit(stop_after=1)
     (out / "bp-seed0" / "summary.json").unlink()  # as if the sweep had been killed during epoch 2
-    rc = sweep.main(QUICK + ["--seeds", "0", "--algos", "bp", "--out", str(out), "--no-report"])
+    rc = sweep_cli.main(QUICK + ["--seeds", "0", "--algos", "bp", "--out", str(out), "--no-report"])
     assert rc == 0
     assert "1 to resume" in capsys.readouterr().out
     assert _summary(out / "bp-seed0")["epochs"] == 2
@@ -110,24 +113,24 @@ def test_sweep_resumes_an_unfinished_run_and_refuses_other_settings(tmp_path, ca
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert not (out / "report.md").exists()
 
-    rc = sweep.main(QUICK + ["--seeds", "0", "--algos", "bp", "--out", str(out), "--set", "lr=0.01"])
+    rc = sweep_cli.main(QUICK + ["--seeds", "0", "--algos", "bp", "--out", str(out), "--set", "lr=0.01"])
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("dtp-fast sweep: error:") and "bp-seed0" in err and "lr=0.05 (requested 0.01)" in err
 
 
 def test_set_parsing():
-    assert sweep.parse_set("lr=0.01") == ("lr", 0.01)
-    assert sweep.parse_set("feedback_iters=[20,30]") == ("feedback_iters", [20, 30])
-    assert sweep.parse_set("feedback-lr=0.1,0.3") == ("feedback_lr", [0.1, 0.3])
-    assert sweep.parse_set("backend=torch") == ("backend", "torch")
-    assert sweep.parse_set("augment=false") == ("augment", False)
-    assert sweep.parse_set("t_max=null") == ("t_max", None)
-    assert sweep.parse_set("device=cuda:1") == ("device", "cuda:1")
-    assert sweep.parse_set("hidden=[64]") == ("hidden", [64])
+    assert parse_set("lr=0.01") == ("lr", 0.01)
+    assert parse_set("feedback_iters=[20,30]") == ("feedback_iters", [20, 30])
+    assert parse_set("feedback-lr=0.1,0.3") == ("feedback_lr", [0.1, 0.3])
+    assert parse_set("backend=torch") == ("backend", "torch")
+    assert parse_set("augment=false") == ("augment", False)
+    assert parse_set("t_max=null") == ("t_max", None)
+    assert parse_set("device=cuda:1") == ("device", "cuda:1")
+    assert parse_set("hidden=[64]") == ("hidden", [64])
     for bad in ("lr", "=3", "a b=1"):
         with pytest.raises(argparse.ArgumentTypeError):
-            sweep.parse_set(bad)
+            parse_set(bad)
 
 
 def test_set_values_reach_train(tmp_path, monkeypatch, capsys):
@@ -139,7 +142,7 @@ def test_set_values_reach_train(tmp_path, monkeypatch, capsys):
                 "images_per_second": 100.0, "backend": "x"}
 
     monkeypatch.setattr(dtp_fast.api, "train", fake_train)
-    rc = sweep.main(QUICK + ["--seeds", "3", "--algos", "ldrl", "--out", str(tmp_path / "o"), "--no-report",
+    rc = sweep_cli.main(QUICK + ["--seeds", "3", "--algos", "ldrl", "--out", str(tmp_path / "o"), "--no-report",
                              "--set", "feedback_iters=[20,30]", "--set", "lr=0.01", "--set", "backend=torch",
                              "--set", "hidden=64,32"])
     assert rc == 0
@@ -161,7 +164,7 @@ def test_paper_experiment_preset_and_reference_names(tmp_path, monkeypatch, caps
                 "images_per_second": 1.0, "backend": "x"}
 
     monkeypatch.setattr(dtp_fast.api, "train", fake_train)
-    rc = sweep.main(["--preset", "cifar10-lenet-ldrl", "--algos", "bp", "--seeds", "0", "--out", str(tmp_path),
+    rc = sweep_cli.main(["--preset", "cifar10-lenet-ldrl", "--algos", "bp", "--seeds", "0", "--out", str(tmp_path),
                      "--no-report", "--set", "b_optim.momentum=0.5", "--set", "f_optim.lr=0.01"])
     assert rc == 0
     assert "run(s) of cifar10-lenet-ldrl on cifar10" in capsys.readouterr().out
@@ -169,16 +172,16 @@ def test_paper_experiment_preset_and_reference_names(tmp_path, monkeypatch, caps
     assert c["preset"] == "cifar10-lenet-ldrl" and c["dataset"] is None and c["algo"] == "bp"
     assert c["feedback_momentum"] == 0.5 and c["lr"] == 0.01
     # a reference-implementation name counts as the setting it stands for
-    rc = sweep.main(QUICK + ["--seeds", "0", "--out", str(tmp_path / "o"), "--set", "max_epochs=3"])
+    rc = sweep_cli.main(QUICK + ["--seeds", "0", "--out", str(tmp_path / "o"), "--set", "max_epochs=3"])
     assert rc == 2 and "epochs is given twice" in capsys.readouterr().err
 
 
 def test_other_dtp_variants_are_reported(tmp_path):
     out = tmp_path / "sw"
-    rc = sweep.main(["--preset", "mlp", "--dataset", "digits", "--algos", "dtp", "--seeds", "0", "--epochs", "1",
+    rc = sweep_cli.main(["--preset", "mlp", "--dataset", "digits", "--algos", "dtp", "--seeds", "0", "--epochs", "1",
                      "--limit-batches", "2", "--set", "feedback_iters=1", "--out", str(out), "--no-report"])
     assert rc == 0
-    assert report.main([str(out), "--no-plots"]) == 0
+    assert report_cli.main([str(out), "--no-plots"]) == 0
     md = (out / "report.md").read_text()
     assert "| mlp | digits | dtp |" in md and "| mlp | digits | dtp | fc_1 |" in md
     (g,) = json.loads((out / "report.json").read_text())["groups"]
@@ -193,7 +196,7 @@ def test_other_dtp_variants_are_reported(tmp_path):
 ])
 def test_bad_sweep_settings(tmp_path, monkeypatch, capsys, extra, message):
     monkeypatch.setattr(dtp_fast.api, "train", _no_train)
-    rc = sweep.main(QUICK + ["--seeds", "0", "--out", str(tmp_path / "o")] + extra)
+    rc = sweep_cli.main(QUICK + ["--seeds", "0", "--out", str(tmp_path / "o")] + extra)
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("dtp-fast sweep: error:") and message in err
@@ -202,13 +205,13 @@ def test_bad_sweep_settings(tmp_path, monkeypatch, capsys, extra, message):
 
 def test_bad_algo_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        sweep.main(QUICK + ["--algos", "ldrl,foo", "--out", str(tmp_path)])
+        sweep_cli.main(QUICK + ["--algos", "ldrl,foo", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "ldrl,foo" in capsys.readouterr().err
 
 
 def test_report_of_one_seed_and_expansion(swept, tmp_path):
     one = tmp_path / "one"
-    rc = report.main([str(swept / "bp-seed0"), "--out", str(one), "--title", "One run", "--no-plots"])
+    rc = report_cli.main([str(swept / "bp-seed0"), "--out", str(one), "--title", "One run", "--no-plots"])
     assert rc == 0
     md = (one / "report.md").read_text()
     assert md.startswith("# One run\n") and "± n/a" in md and "## Figures" not in md
@@ -226,7 +229,7 @@ def test_report_of_one_seed_and_expansion(swept, tmp_path):
     changed = _summary(parent / "b" / "bp-seed1")
     changed["config"]["lr"] = 0.01
     (parent / "b" / "bp-seed1" / "summary.json").write_text(json.dumps(changed))
-    rc = report.main([str(parent), str(parent / "a" / "bp-seed0"), "--no-plots"])
+    rc = report_cli.main([str(parent), str(parent / "a" / "bp-seed0"), "--no-plots"])
     assert rc == 0
     rep = json.loads((parent / "report.json").read_text())  # default --out: the common parent
     assert rep["n_runs"] == 2 and rep["groups"][0]["runs"] == ["a/bp-seed0", "b/bp-seed1"]
@@ -237,7 +240,7 @@ def test_report_of_one_seed_and_expansion(swept, tmp_path):
 
 def test_report_errors(swept, tmp_path, capsys):
     def fails(*paths):
-        rc = report.main([str(p) for p in paths] + ["--out", str(tmp_path / "r"), "--no-plots"])
+        rc = report_cli.main([str(p) for p in paths] + ["--out", str(tmp_path / "r"), "--no-plots"])
         assert rc == 2
         err = capsys.readouterr().err
         assert err.startswith("dtp-fast report: error:")
@@ -265,11 +268,11 @@ def test_report_errors(swept, tmp_path, capsys):
 
 def test_missing_matplotlib_is_a_clear_error(swept, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    rc = report.main([str(swept), "--out", str(tmp_path / "r")])
+    rc = report_cli.main([str(swept), "--out", str(tmp_path / "r")])
     assert rc == 2
     err = capsys.readouterr().err
     assert "matplotlib" in err and "pip install matplotlib" in err and "--no-plots" in err
     assert not (tmp_path / "r").exists()
     monkeypatch.setattr(dtp_fast.api, "train", _no_train)  # the sweep fails before it trains
-    assert sweep.main(QUICK + ["--seeds", "0", "--out", str(tmp_path / "s")]) == 2
+    assert sweep_cli.main(QUICK + ["--seeds", "0", "--out", str(tmp_path / "s")]) == 2
     assert "matplotlib" in capsys.readouterr().err

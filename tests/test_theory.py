@@ -44,15 +44,18 @@ def test_one_layer_at_a_time_equals_all_layers_at_once():
 
     from dtp_fast.data import load_dataset
     from dtp_fast.feedback import FeedbackConfig, FeedbackState
+    from dtp_fast.noise import CounterNoise
+    from dtp_fast.theory.base import _feedback_step, _Run
+    from dtp_fast.theory.gradient import _gmp_one
 
     preset = theory.THEORY_PRESETS["quick"]
     ds = load_dataset("digits")
-    separate = theory._Run(ds, preset, 0, 0.25)
-    theory._gmp_one(separate, "ldrl", preset, 6, 0)
-    joint = theory._Run(ds, preset, 0, 0.25)
-    state, noise = FeedbackState(), theory.CounterNoise(0)
+    separate = _Run(ds, preset, 0, 0.25)
+    _gmp_one(separate, "ldrl", preset, 6, 0)
+    joint = _Run(ds, preset, 0, 0.25)
+    state, noise = FeedbackState(), CounterNoise(0)
     for k in range(6):   # 6 iterations: blocks of max(1, 6 // 10) = 1, each on the next training batch
         cfg = FeedbackConfig(iterations=1, momentum=preset.momentum, **preset.ldrl).resolve(joint.net.feedback_names)
-        theory._feedback_step("ldrl", joint.net, joint.batch()[0], cfg, state, noise, k)
+        _feedback_step("ldrl", joint.net, joint.batch()[0], cfg, state, noise, k)
     for a, b in zip(separate.net.parameters(), joint.net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -1,13 +1,14 @@
-"""The ``dtp-fast`` command line."""
+"""``dtp-fast train``, ``demo`` and ``info``: train a preset, compare L-DRL with backprop, show the setup."""
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
-__all__ = ["main"]
+from .common import Command, CommandError, add_device, parse_set
+
+__all__ = ["TRAIN", "DEMO", "INFO"]
 
 
 def _per_layer_list(cast, what):
@@ -27,17 +28,6 @@ def _per_layer_list(cast, what):
 
 _int_list = _per_layer_list(int, "integers")
 _float_list = _per_layer_list(float, "numbers")
-
-
-def _key_value(text: str):
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        value = json.loads(value)
-    except json.JSONDecodeError:
-        pass
-    return key.strip(), value
 
 
 def _load_config(path: str) -> dict:
@@ -122,14 +112,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", default=None, metavar="FILE",
                    help="settings from a JSON or YAML file; the reference implementation's names "
                         "(feedback_training_iterations, b_optim.lr, f_optim.lr, ...) are accepted; flags override it")
-    g.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="any other setting, VALUE parsed as JSON when it can be (e.g. --set t_max=85 "
+    g.add_argument("--set", action="append", type=parse_set, default=[], metavar="KEY=VALUE",
+                   help="any other setting, VALUE parsed as JSON when it can be, a comma-separated list of "
+                        "numbers as a list, else as a string (e.g. --set t_max=85 "
                         "--set 'feedback_iters=[20,30,35,55,20]' --set b_optim.momentum=0.9); repeatable")
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="also log metrics to OUT/tensorboard (needs the tensorboard package)")
 
     g = p.add_argument_group("run")
-    g.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    add_device(g, default=None)
     g.add_argument("--dtype", choices=["float32", "float64"], default=None, help="floating-point type")
     g.add_argument("--seed", type=int, default=None, help="seed for initialisation, data order and noise")
     g.add_argument("--out", default=None,
@@ -153,7 +144,7 @@ _SETTING_KEYS = ("algo", "channels", "hidden", "epochs", "batch_size", "limit_ba
 
 
 def _list_presets() -> None:
-    from .presets import PRESETS, RECIPES
+    from ..presets import PRESETS, RECIPES
     print("Paper experiments (network, data set, algorithm and every setting):")
     for r in RECIPES.values():
         print(f"  {r.name}: {r.description}")
@@ -166,9 +157,9 @@ def _list_presets() -> None:
 
 
 def cmd_train(args) -> int:
-    from .api import make_run
-    from .presets import normalize_settings, resolve_preset
-    from .utils import atomic_write_json
+    from ..api import make_run
+    from ..presets import normalize_settings, resolve_preset
+    from ..utils import atomic_write_json
 
     if args.list_presets:
         _list_presets()
@@ -178,7 +169,7 @@ def cmd_train(args) -> int:
     given.update({k: getattr(args, k) for k in _RUN_KEYS + _SETTING_KEYS if getattr(args, k) is not None})
     if args.resume:
         if args.out is None:
-            raise SystemExit("error: --resume needs --out, the folder of the run to continue")
+            raise CommandError("--resume needs --out, the folder of the run to continue", exit_code=1)
         saved = Path(args.out) / "config.json"
         if saved.exists():
             given = {**json.loads(saved.read_text()), **given}
@@ -214,7 +205,7 @@ def _print_summary(s: dict, out) -> None:
 
 def cmd_demo(args) -> int:
     """L-DRL and backprop side by side on the embedded digits, same network and trainer."""
-    from .api import train
+    from ..api import train
 
     out = Path(args.out)
     results = {}
@@ -239,10 +230,9 @@ def cmd_demo(args) -> int:
 def cmd_info(args) -> int:
     import torch
 
-    from . import _ext
-    from .feedback import available_backends
-    from .feedback import auto_memory_budget
-    from .utils import versions
+    from .. import _ext
+    from ..feedback import auto_memory_budget, available_backends
+    from ..utils import versions
 
     devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
     info = {
@@ -274,86 +264,32 @@ def cmd_info(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dtp-fast",
-        description="Difference Target Propagation with L-DRL feedback training (Ernoult et al., ICML 2022).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a preset network with L-DRL or backprop",
-                       description="Train a preset network with DTP/L-DRL or the backprop baseline. Settings "
-                                   "default to the preset's for the data set; any flag overrides them.")
-    _add_train_args(p)
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("demo", help="L-DRL and backprop side by side on the embedded digits",
-                       description="Train the same network with L-DRL and with backprop on the embedded "
-                                   "handwritten digits and print both accuracies.")
+def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="simple_vgg", help="network preset (default simple_vgg)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
     p.add_argument("--backend", default="auto", help="feedback backend (default auto)")
-    p.add_argument("--device", default="auto", help="device (default auto)")
+    add_device(p)
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--out", default="runs/demo", help="output folder; its ldrl/ and bp/ are replaced")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
-    from . import bench, report, sweep, theory
 
-    p = sub.add_parser("bench", help="time the feedback phase of one batch per backend, and the backprop step",
-                       description="Time the feedback phase of one batch (in total and per layer) for every "
-                                   "usable backend at the paper's iteration counts, next to the backprop step "
-                                   "of the same network; medians of several repeats, ratios to `reference` "
-                                   "measured in the same run, peak memory, machine and versions.")
-    bench.add_arguments(p)
-    p.set_defaults(func=bench.run)
-    p = sub.add_parser("sweep", help="train a preset for several algorithms and seeds, then report",
-                       description="Train every (algo, seed) into OUT/<algo>-seed<seed>/ (finished runs are "
-                                   "skipped, interrupted ones resumed), then write the report.")
-    sweep.add_arguments(p)
-    p.set_defaults(func=sweep.run)
-    p = sub.add_parser("report", help="markdown tables and PNG figures for finished runs, seeds grouped",
-                       description="Write report.md, report.json and PNG figures (accuracy and loss curves, "
-                                   "alignment angles, feedback vs forward time) for run folders, grouped by "
-                                   "(preset, dataset, algo) with seeds as repeats.")
-    report.add_arguments(p)
-    p.set_defaults(func=report.run)
-    p = sub.add_parser("theory", help="the paper's theory figures: jmc (Fig. 4.2) and gmp (Fig. 4.3)",
-                       description="Reproduce the paper's theory figures at reduced settings: jmc follows the "
-                                   "angle between J_G and J_F^T of LeNet's last layer over feedback iterations "
-                                   "(L-DRL vs DRL); gmp measures, after feedback training, the angle between each "
-                                   "layer's DTP update and its backprop gradient (L-DRL, DRL, random, symmetric).")
-    theory.add_arguments(p)
-    p.set_defaults(func=theory.run)
-    from . import scaling
 
-    p = sub.add_parser("scaling", help="data-parallel scaling efficiency: images/s with N ranks vs N x one rank",
-                       description="Launch `dtp-fast train` under torchrun for each rank count (a few batches, "
-                                   "a fixed batch per rank) and report images/s, the efficiency against N times "
-                                   "one rank, and the time spent in communication.")
-    scaling.add_arguments(p)
-    p.set_defaults(func=scaling.run)
-    p = sub.add_parser("info", help="versions, devices, compiled kernels and usable backends",
-                       description="Show versions, devices, whether the compiled extension is usable, and which "
-                                   "feedback backends can run on each device (and why not).")
+def _add_info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print as JSON")
-    p.set_defaults(func=cmd_info)
-    return parser
 
 
-def main(argv=None) -> int:
-    import os
-
-    from .distributed import DistributedError
-    from .feedback import BackendUnavailableError
-    from .trainer import NonFiniteLossError
-
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError, NonFiniteLossError, BackendUnavailableError, DistributedError) as err:
-        if os.environ.get("DTP_FAST_DEBUG"):
-            raise
-        print(f"dtp-fast: error: {err}", file=sys.stderr)
-        return 3 if isinstance(err, NonFiniteLossError) else 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+TRAIN = Command(
+    "train", help="train a preset network with L-DRL or backprop",
+    description="Train a preset network with DTP/L-DRL or the backprop baseline. Settings default to the "
+                "preset's for the data set; any flag overrides them.",
+    add_arguments=_add_train_args, run=cmd_train)
+DEMO = Command(
+    "demo", help="L-DRL and backprop side by side on the embedded digits",
+    description="Train the same network with L-DRL and with backprop on the embedded handwritten digits and "
+                "print both accuracies.",
+    add_arguments=_add_demo_args, run=cmd_demo)
+INFO = Command(
+    "info", help="versions, devices, compiled kernels and usable backends",
+    description="Show versions, devices, whether the compiled extension is usable, and which feedback backends "
+                "can run on each device (and why not).",
+    add_arguments=_add_info_args, run=cmd_info)
