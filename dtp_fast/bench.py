@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from .memory import memory_method, peak_memory, synchronize
+from .peak_memory import memory_method, peak_memory, synchronize
 from .utils import cpu_name
 
 __all__ = ["BenchError", "build_net", "scale_width", "peak_memory", "to_markdown", "write_plot", "device_name"]

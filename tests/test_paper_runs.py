@@ -13,7 +13,7 @@ import torch
 
 from dtp_fast import data
 from dtp_fast.cli import main
-from dtp_fast.feedback import memory as analytic
+from dtp_fast.feedback import memory
 from dtp_fast.presets import RECIPES
 
 SHARED_TARBALL = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
@@ -157,20 +157,20 @@ def test_theory_presets_and_errors(capsys, tmp_path):
 # ---------------------------------------------------------------------- the default feedback memory budget
 def test_auto_budget_is_a_share_of_available_memory(monkeypatch):
     monkeypatch.setattr(analytic, "available_memory", lambda: 8 * 2**30)
-    assert analytic.auto_memory_budget("cpu") == (2 * 2**30, 8 * 2**30)
+    assert memory.auto_memory_budget("cpu") == (2 * 2**30, 8 * 2**30)
     monkeypatch.setattr(analytic, "available_memory", lambda: 11 * 2**30)    # a power of two below a quarter
-    assert analytic.auto_memory_budget("cpu") == (2 * 2**30, 11 * 2**30)
+    assert memory.auto_memory_budget("cpu") == (2 * 2**30, 11 * 2**30)
     monkeypatch.setattr(analytic, "available_memory", lambda: 64 * 2**30)
-    assert analytic.auto_memory_budget("cpu")[0] == analytic.AUTO_BUDGET_MAX
+    assert memory.auto_memory_budget("cpu")[0] == memory.AUTO_BUDGET_MAX
 
 
 def test_auto_budget_grows_to_the_minimum_when_it_fits(monkeypatch):
     monkeypatch.setattr(analytic, "available_memory", lambda: 400 * 2**20)     # share: 100 MiB -> 64 MiB
-    assert analytic.resolve_budget("auto", "cpu", 50 * 2**20) == 64 * 2**20
-    assert analytic.resolve_budget("auto", "cpu", 300 * 2**20) == 300 * 2**20  # the minimum, since it fits
+    assert memory.resolve_budget("auto", "cpu", 50 * 2**20) == 64 * 2**20
+    assert memory.resolve_budget("auto", "cpu", 300 * 2**20) == 300 * 2**20  # the minimum, since it fits
     with pytest.raises(ValueError, match=r"needs 500\.00 MiB but only 400\.00 MiB of cpu memory.*batch size"):
-        analytic.resolve_budget("auto", "cpu", 500 * 2**20)
-    assert analytic.resolve_budget(7, "cpu", 500) == 7 and analytic.resolve_budget(None, "cpu", 500) is None
+        memory.resolve_budget("auto", "cpu", 500 * 2**20)
+    assert memory.resolve_budget(7, "cpu", 500) == 7 and memory.resolve_budget(None, "cpu", 500) is None
 
 
 def test_default_budget_runs_where_the_old_fixed_32_mib_failed(monkeypatch):
@@ -185,7 +185,7 @@ def test_default_budget_runs_where_the_old_fixed_32_mib_failed(monkeypatch):
     x = torch.randn(160, 3, 32, 32)
     acts, sw = net.activations(x)
     cfg = FeedbackConfig(iterations=[2, 1, 1], lr=1e-3, noise=0.1).resolve(net.feedback_names)
-    need = analytic.minimum_memory_budget(net.block_list()[1:], cfg, 160, 4)
+    need = memory.minimum_memory_budget(net.block_list()[1:], cfg, 160, 4)
     assert need > 32 * 2**20
     for backend in ("torch", "cpp"):
         if backend == "cpp":
