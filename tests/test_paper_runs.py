@@ -156,16 +156,16 @@ def test_theory_presets_and_errors(capsys, tmp_path):
 
 # ---------------------------------------------------------------------- the default feedback memory budget
 def test_auto_budget_is_a_share_of_available_memory(monkeypatch):
-    monkeypatch.setattr(analytic, "available_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda: 8 * 2**30)
     assert memory.auto_memory_budget("cpu") == (2 * 2**30, 8 * 2**30)
-    monkeypatch.setattr(analytic, "available_memory", lambda: 11 * 2**30)    # a power of two below a quarter
+    monkeypatch.setattr(memory, "available_memory", lambda: 11 * 2**30)    # a power of two below a quarter
     assert memory.auto_memory_budget("cpu") == (2 * 2**30, 11 * 2**30)
-    monkeypatch.setattr(analytic, "available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda: 64 * 2**30)
     assert memory.auto_memory_budget("cpu")[0] == memory.AUTO_BUDGET_MAX
 
 
 def test_auto_budget_grows_to_the_minimum_when_it_fits(monkeypatch):
-    monkeypatch.setattr(analytic, "available_memory", lambda: 400 * 2**20)     # share: 100 MiB -> 64 MiB
+    monkeypatch.setattr(memory, "available_memory", lambda: 400 * 2**20)     # share: 100 MiB -> 64 MiB
     assert memory.resolve_budget("auto", "cpu", 50 * 2**20) == 64 * 2**20
     assert memory.resolve_budget("auto", "cpu", 300 * 2**20) == 300 * 2**20  # the minimum, since it fits
     with pytest.raises(ValueError, match=r"needs 500\.00 MiB but only 400\.00 MiB of cpu memory.*batch size"):
