@@ -1,4 +1,4 @@
-// CPU kernel of dtp_fast::philox_normal_: counter-based standard normals
+// CPU kernel of the noise family: dtp_fast::philox_normal_, counter-based standard normals
 // (csrc/philox.h) written into a contiguous (rows, features...) tensor.
 // Row r, element e of the row gets lane e % 4 of the block with counter
 // (e / 4, offset + r, iteration, sample) under the key (key0, key1).

@@ -1,7 +1,11 @@
-// CPU kernels of the L-DRL feedback-engine ops dtp_fast::pool_unpool_diff and
-// dtp_fast::noisy_unpool_diff (ALGORITHM.md section 5: dh1 and dh2).
+// CPU kernels of the dh family, the L-DRL feedback-engine ops (ALGORITHM.md
+// section 5: dh1 and dh2): dtp_fast::pool_unpool_diff, dtp_fast::noisy_unpool_diff
+// and dtp_fast::noisy_unpool_diff_philox (noisy_unpool_diff with its noise
+// block drawn from csrc/philox.h first). Over 500 lines: one family's kernels,
+// whose many specialised scans (layout x tiling x fused activation) share the
+// buffers and helpers of this file.
 //
-// Both ops produce, for N = M*B noisy copies of a batch of B samples,
+// The first two produce, for N = M*B noisy copies of a batch of B samples,
 //   out[n] = ACT(unpool(values, switches)) - h0[n % B]
 // with ACT(0) == 0 (so 0 - h0 wherever no switch points). at::parallel_for
 // splits the N samples; each task works through groups of consecutive
@@ -57,7 +61,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "../pool_act.h"
+#include "../dh_args.h"
+#include "../philox.h"
 
 namespace dtp_fast {
 namespace {
@@ -766,16 +771,11 @@ inline void check_float_cpu(const char* op, const char* name, const at::Tensor& 
               " on ", t.device());
 }
 
-}  // namespace
-
 at::Tensor pool_unpool_diff_cpu(const at::Tensor& z1, const at::Tensor& h0,
                                 int64_t act, at::IntArrayRef kernel_size,
                                 at::IntArrayRef stride, at::IntArrayRef padding) {
   constexpr const char* op = "dtp_fast::pool_unpool_diff";
-  check_act(op, act);
-  check_ldrl_4d(op, "z1", "(M*B, C, H, W)", z1);
-  check_ldrl_4d(op, "h0", "(B, C, H, W)", h0);
-  const PoolGeometry g = pool_geometry(op, z1, kernel_size, stride, padding);
+  const PoolGeometry g = pool_unpool_diff_geometry(op, z1, h0, act, kernel_size, stride, padding);
   check_float_cpu(op, "z1", z1);
   check_float_cpu(op, "h0", h0);
   check_same_dtype(op, "z1", z1, "h0", h0);
@@ -873,9 +873,65 @@ at::Tensor noisy_unpool_diff_cpu(const at::Tensor& y, const at::Tensor& eps,
   return out;
 }
 
+// ---------------------------------------------------------------------------
+// noisy_unpool_diff_philox: a simple version that defines the result and is
+// the oracle of the CUDA kernel (tests/test_cuda.py): the noise block
+// materialised with the generator of csrc/philox.h (the values of
+// philox_normal_), then noisy_unpool_diff_cpu.
+// ---------------------------------------------------------------------------
+
+// eps[m * B + b] (shape (copies * B, C, Hp, Wp), contiguous): row b of noise
+// block m, i.e. philox_normal_ with offset + b, iteration + m / samples,
+// sample m % samples.
+template <typename scalar_t>
+void fill_noise_block(scalar_t* eps, int64_t copies, int64_t B, int64_t feat, uint32_t k0, uint32_t k1,
+                      int64_t offset, int64_t iteration, int64_t samples) {
+  at::parallel_for(0, copies * B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t m = n / B, b = n % B;
+      const auto row = static_cast<uint32_t>(offset + b);
+      const auto it = static_cast<uint32_t>(iteration + m / samples), smp = static_cast<uint32_t>(m % samples);
+      scalar_t* dst = eps + n * feat;
+      for (int64_t j = 0; 4 * j < feat; ++j) {
+        float v[4];
+        philox::normal4(static_cast<uint32_t>(j), row, it, smp, k0, k1, v);
+        for (int64_t e = 4 * j; e < std::min(feat, 4 * j + 4); ++e) dst[e] = static_cast<scalar_t>(v[e - 4 * j]);
+      }
+    }
+  });
+}
+
+at::Tensor noisy_unpool_diff_philox_cpu(const at::Tensor& y, double sigma, const at::Tensor& indices,
+                                        const at::Tensor& h0, int64_t act, at::IntArrayRef output_size,
+                                        int64_t key0, int64_t key1, int64_t offset, int64_t iteration,
+                                        int64_t samples, int64_t copies) {
+  constexpr const char* op = "dtp_fast::noisy_unpool_diff_philox";
+  check_ldrl_4d(op, "y", "(B, C, Hp, Wp)", y);
+  check_float_cpu(op, "y", y);
+  TORCH_CHECK(copies >= 0, op, ": copies must be >= 0, got ", copies);
+  TORCH_CHECK(samples >= 1 && samples < k2to32, op, ": samples must be in [1, 2^32), got ", samples);
+  for (const int64_t v : {key0, key1, iteration}) check_u32(op, "key words and iteration", v);
+  TORCH_CHECK(copies == 0 || iteration + (copies - 1) / samples < k2to32, op, ": iterations ", iteration, " .. ",
+              iteration + (copies - 1) / samples, " must be in [0, 2^32)");
+  const int64_t B = y.size(0), feat = y.size(1) * y.size(2) * y.size(3);
+  TORCH_CHECK(offset >= 0 && offset + B <= k2to32, op, ": sample indices offset .. offset + B must be in [0, 2^32)");
+  TORCH_CHECK(feat < (int64_t{1} << 34), op, ": samples of more than 2^34 elements");
+  at::Tensor eps = at::empty({copies * B, y.size(1), y.size(2), y.size(3)}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dtp_fast_noisy_unpool_diff_philox_cpu", [&] {
+    fill_noise_block(eps.mutable_data_ptr<scalar_t>(), copies, B, feat, static_cast<uint32_t>(key0),
+                     static_cast<uint32_t>(key1), offset, iteration, samples);
+  });
+  // the output takes the memory format of eps: make it that of y
+  eps = eps.contiguous(y.suggest_memory_format());
+  return noisy_unpool_diff_cpu(y, eps, sigma, indices, h0, act, output_size);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(dtp_fast, CPU, m) {
   m.impl("pool_unpool_diff", &pool_unpool_diff_cpu);
   m.impl("noisy_unpool_diff", &noisy_unpool_diff_cpu);
+  m.impl("noisy_unpool_diff_philox", &noisy_unpool_diff_philox_cpu);
 }
 
 }  // namespace dtp_fast
