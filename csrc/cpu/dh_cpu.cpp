@@ -278,6 +278,41 @@ inline Window window_of(const PoolGeometry& g, int64_t oh, int64_t ow) {
   return w;
 }
 
+// The steps of the vectorised scans below, on n running maxima mv and their
+// window positions mk: each scan inlines them into its own loop nest, whose
+// innermost axis (windows of a row, or channels) they vectorise.
+template <typename T, typename K>
+inline void reset_maxima(T* mv, K* mk, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    mv[i] = -std::numeric_limits<T>::infinity();
+    mk[i] = 0;
+  }
+}
+
+// Window position k, of value src[i * stride] in window i.
+template <typename T, typename K>
+inline void take_maxima(T* mv, K* mk, const T* src, int64_t stride, K k, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = src[i * stride];
+    const T m = mv[i];
+    const K q = mk[i];
+    const bool take = (v > m) | (v != v);  // first max wins; NaN wins
+    mv[i] = take ? v : m;
+    mk[i] = take ? k : q;
+  }
+}
+
+template <typename T, typename K>
+inline void relu_fixup_maxima(T* mv, K* mk, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    T m = mv[i];
+    K q = mk[i];
+    relu_fixup(m, q);
+    mv[i] = m;
+    mk[i] = q;
+  }
+}
+
 // (1) Scan of one sample, plane by plane (NCHW-like input). Buffer order:
 // (c, oh, ow).
 template <typename scalar_t, int64_t ACT>
@@ -329,32 +364,15 @@ void scan_planes_tiling(const scalar_t* an, const PoolUnpoolArgs& p, scalar_t* v
     for (int64_t oh = 0; oh < g.OH; ++oh) {
       scalar_t* mv = val + (c * g.OH + oh) * OW;
       K* mk = pos + (c * g.OH + oh) * OW;
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        mv[ow] = -std::numeric_limits<scalar_t>::infinity();
-        mk[ow] = 0;
-      }
+      reset_maxima(mv, mk, OW);
       K k = 0;
       for (int64_t dh = 0; dh < g.kH; ++dh) {
         for (int64_t dw = 0; dw < g.kW; ++dw, ++k) {
-          const scalar_t* src = ap + (oh * g.kH + dh) * p.as.h + dw * p.as.w;
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const scalar_t v = src[ow * step];
-            const scalar_t m = mv[ow];
-            const K q = mk[ow];
-            const bool take = (v > m) | (v != v);  // first max wins; NaN wins
-            mv[ow] = take ? v : m;
-            mk[ow] = take ? k : q;
-          }
+          take_maxima(mv, mk, ap + (oh * g.kH + dh) * p.as.h + dw * p.as.w, step, k, OW);
         }
       }
       if constexpr (ACT == kActRelu) {
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          scalar_t m = mv[ow];
-          K q = mk[ow];
-          relu_fixup(m, q);
-          mv[ow] = m;
-          mk[ow] = q;
-        }
+        relu_fixup_maxima(mv, mk, OW);
       }
     }
   }
@@ -374,32 +392,15 @@ void scan_channels_last(const scalar_t* an, const PoolUnpoolArgs& p,
       const Window w = window_of(g, oh, ow);
       scalar_t* mv = val + (oh * g.OW + ow) * C;
       K* mk = pos + (oh * g.OW + ow) * C;
-      for (int64_t c = 0; c < C; ++c) {
-        mv[c] = -std::numeric_limits<scalar_t>::infinity();
-        mk[c] = 0;
-      }
+      reset_maxima(mv, mk, C);
       K k = 0;
       for (int64_t ih = w.ih0; ih < w.ih1; ++ih) {
         for (int64_t iw = w.iw0; iw < w.iw1; ++iw, ++k) {
-          const scalar_t* src = an + ih * p.as.h + iw * p.as.w;
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t v = src[c * asc];
-            const scalar_t m = mv[c];
-            const K q = mk[c];
-            const bool take = (v > m) | (v != v);  // first max wins; NaN wins
-            mv[c] = take ? v : m;
-            mk[c] = take ? k : q;
-          }
+          take_maxima(mv, mk, an + ih * p.as.h + iw * p.as.w, asc, k, C);
         }
       }
       if constexpr (ACT == kActRelu) {
-        for (int64_t c = 0; c < C; ++c) {
-          scalar_t m = mv[c];
-          K q = mk[c];
-          relu_fixup(m, q);
-          mv[c] = m;
-          mk[c] = q;
-        }
+        relu_fixup_maxima(mv, mk, C);
       }
     }
   }
@@ -418,37 +419,20 @@ void scan_channels_last_tiling(const scalar_t* an, const PoolUnpoolArgs& p,
   for (int64_t oh = 0; oh < g.OH; ++oh) {
     scalar_t* row_mv = val + oh * g.OW * C;
     K* row_mk = pos + oh * g.OW * C;
-    for (int64_t i = 0; i < g.OW * C; ++i) {
-      row_mv[i] = -std::numeric_limits<scalar_t>::infinity();
-      row_mk[i] = 0;
-    }
+    reset_maxima(row_mv, row_mk, g.OW * C);
     for (int64_t dh = 0; dh < g.kH; ++dh) {
       const int64_t ih = oh * g.kH + dh;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         scalar_t* mv = row_mv + ow * C;
         K* mk = row_mk + ow * C;
         for (int64_t dw = 0; dw < g.kW; ++dw) {
-          const K k = static_cast<K>(dh * g.kW + dw);
-          const scalar_t* src = an + ih * p.as.h + (ow * g.kW + dw) * p.as.w;
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t v = src[c * asc];
-            const scalar_t m = mv[c];
-            const K q = mk[c];
-            const bool take = (v > m) | (v != v);  // first max wins; NaN wins
-            mv[c] = take ? v : m;
-            mk[c] = take ? k : q;
-          }
+          take_maxima(mv, mk, an + ih * p.as.h + (ow * g.kW + dw) * p.as.w, asc, static_cast<K>(dh * g.kW + dw),
+                      C);
         }
       }
     }
     if constexpr (ACT == kActRelu) {
-      for (int64_t i = 0; i < g.OW * C; ++i) {
-        scalar_t m = row_mv[i];
-        K q = row_mk[i];
-        relu_fixup(m, q);
-        row_mv[i] = m;
-        row_mk[i] = q;
-      }
+      relu_fixup_maxima(row_mv, row_mk, g.OW * C);
     }
   }
 }
