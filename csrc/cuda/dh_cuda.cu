@@ -18,7 +18,6 @@
 //   The map depends on the indices only, so it serves all M copies.
 // Max-pool tie rules as act_pool2d: the first maximum of a window in row-major
 // order wins, a NaN always wins (the last NaN), padding never does.
-#include <cfloat>
 #include <limits>
 
 #include "../philox.h"

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "../checks.h"
+#include "../noise_args.h"
 #include "kernels.h"
 
 namespace dtp_fast {
@@ -16,17 +16,9 @@ namespace {
 
 void philox_normal_cuda(at::Tensor& out, int64_t key0, int64_t key1, int64_t offset, int64_t iteration,
                         int64_t sample) {
-  constexpr const char* op = "dtp_fast::philox_normal_";
-  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
-  TORCH_CHECK(out.dim() >= 1, op, ": out needs a batch dimension (rows)");
-  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, op,
-              ": float32 or float64 only, got ", out.scalar_type());
-  for (const int64_t v : {key0, key1, iteration, sample}) check_u32(op, "key words, iteration and sample", v);
-  const int64_t rows = out.size(0), feat = rows ? out.numel() / rows : 0;
-  TORCH_CHECK(offset >= 0 && offset + rows <= k2to32, op,
-              ": sample indices offset .. offset + rows must be in [0, 2^32)");
-  TORCH_CHECK(feat < (int64_t{1} << 34), op, ": rows of more than 2^34 elements");
+  const int64_t feat = check_philox_normal_args(out, key0, key1, offset, iteration, sample);
   if (out.numel() == 0) return;
+  const int64_t rows = out.size(0);
   const c10::cuda::CUDAGuard guard(out.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto k0 = static_cast<uint32_t>(key0), k1 = static_cast<uint32_t>(key1);
