@@ -9,7 +9,8 @@ TORCH  ?= torch==2.13.0
 # CI pins triton 3.8.0 (3.9.0's interpreter miscomputes bf16 * fp32 scalars); empty to skip
 TRITON ?= triton==3.8.0
 BIN := $(VENV)/bin
-SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh \
+           csrc/cuda/*.h csrc/cuda/*.cpp)
 
 .PHONY: install demo test clean cpp-test cuda-check
 

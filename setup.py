@@ -6,13 +6,17 @@ Build against the torch that is already installed:
     pip install --no-build-isolation -e .
 
 What gets built:
-- always (unless DTP_FAST_NO_EXT=1): the CPU kernels csrc/*.cpp + csrc/cpu/*.cpp;
-- in addition the CUDA kernels csrc/cuda/*.cu and their torch binding
-  csrc/cuda/*.cpp, with WITH_CUDA defined, when torch is a CUDA build and
-  CUDA_HOME (nvcc) is found, or when DTP_FAST_FORCE_CUDA=1. The .cu files
-  include no torch headers (seconds each to compile) and are compiled with
-  -fmad=false, so that the in-kernel noise of csrc/philox.h rounds every
-  multiply and add as the CPU kernel and the PyTorch mirror do.
+- always (unless DTP_FAST_NO_EXT=1): the schemas csrc/ops.cpp and the CPU
+  kernels csrc/cpu/<family>_cpu.cpp;
+- in addition the CUDA kernels csrc/cuda/<family>_cuda.cu and their torch
+  bindings csrc/cuda/<family>_cuda_bind.cpp (not <family>_cuda.cpp: setuptools
+  names an object after its source without the suffix, and a .cu and a .cpp
+  of one stem would both build <family>_cuda.o), with WITH_CUDA defined,
+  when torch is a CUDA build and CUDA_HOME (nvcc) is found, or when
+  DTP_FAST_FORCE_CUDA=1. The .cu files include no torch headers (seconds
+  each to compile) and are compiled with -fmad=false, so that the in-kernel
+  noise of csrc/philox.h rounds every multiply and add as the CPU kernel and
+  the PyTorch mirror do.
 
 Environment switches:
     DTP_FAST_NO_EXT=1      build no extension (pure-Python install)

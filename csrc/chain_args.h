@@ -1,6 +1,7 @@
-// Argument checks and operand layouts shared by the CPU (csrc/cpu/fused_cpu.cpp)
-// and CUDA (csrc/cuda/bind_cuda.cpp) bindings of dtp_fast::ldrl_loss and
-// dtp_fast::linear_chain_. Device and dtype checks stay with each binding.
+// Argument checks and operand layouts of the chain family (dtp_fast::ldrl_loss,
+// dtp_fast::linear_chain_), shared by its CPU (csrc/cpu/chain_cpu.cpp) and CUDA
+// (csrc/cuda/chain_cuda_bind.cpp) bindings. Device and dtype checks stay with
+// each binding.
 #pragma once
 
 #include <ATen/core/Tensor.h>

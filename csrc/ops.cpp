@@ -1,7 +1,9 @@
-// Operator schemas of the dtp_fast library and the Python module stub.
+// Operator schemas of the dtp_fast library (one TORCH_LIBRARY, grouped by op
+// family), the op dtp_fast::build_info and the Python module stub.
 //
-// The kernels live in csrc/cpu/ (always built) and csrc/cuda/ (built only
-// with WITH_CUDA); they bind themselves to the schemas below with
+// The kernels of family <f> live in csrc/cpu/<f>_cpu.cpp (always built) and
+// csrc/cuda/<f>_cuda.cu with its binding csrc/cuda/<f>_cuda_bind.cpp (built
+// only with WITH_CUDA); they bind themselves to the schemas below with
 // TORCH_LIBRARY_IMPL. Python reaches the ops as torch.ops.dtp_fast.<name>
 // once `import dtp_fast._C` has run the static registrations.
 #ifdef DTP_FAST_PYTHON_MODULE
@@ -18,8 +20,6 @@
 #include <cuda_runtime_api.h>
 #endif
 
-#include "pool_act.h"
-
 namespace dtp_fast {
 namespace {
 
@@ -28,8 +28,8 @@ const char* const kOpNames[] = {
     "dtp_fast::unpool_act2d",
     "dtp_fast::pool_unpool_diff",
     "dtp_fast::noisy_unpool_diff",
-    "dtp_fast::philox_normal_",
     "dtp_fast::noisy_unpool_diff_philox",
+    "dtp_fast::philox_normal_",
     "dtp_fast::momentum_sgd_",
     "dtp_fast::ldrl_loss",
     "dtp_fast::linear_chain_",
@@ -98,6 +98,7 @@ std::string build_info() {
 TORCH_LIBRARY(dtp_fast, m) {
   // Fake (meta) implementations are registered from Python, in dtp_fast/ops.py.
   m.set_python_module("dtp_fast.ops");
+  // ---- pool: fused activation and max-pool / unpool (csrc/cpu/pool_cpu.cpp; no CUDA kernels)
   // ACT(z) then max_pool2d(kernel_size, stride, padding), floor mode, with the
   // switches: (values, int64 flat indices into each H*W input plane).
   // act: 0 identity, 1 ELU(alpha=1), 2 ReLU, 3 tanh.
@@ -109,6 +110,7 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "unpool_act2d(Tensor y, Tensor indices, int act, int[2] output_size) "
       "-> Tensor");
+  // ---- dh: dh1 and dh2 of the L-DRL feedback engine (csrc/cpu/dh_cpu.cpp, csrc/cuda/dh_cuda.cu)
   // L-DRL feedback engine (ALGORITHM.md section 5), for M copies of a batch
   // of B: z1 (M*B, C, H, W), h0 (B, C, H, W) repeated over the copies.
   // dh1 = unpool_act2d(act_pool2d(z1)) - h0: returns (M*B, C, H, W) in the
@@ -122,13 +124,6 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "noisy_unpool_diff(Tensor y, Tensor eps, float sigma, Tensor indices, "
       "Tensor h0, int act, int[2] output_size) -> Tensor");
-  // Counter-based standard normals (csrc/philox.h) into a contiguous out of
-  // shape (rows, ...): row r, element e (row-major) is lane e % 4 of the
-  // Philox block with counter (e / 4, offset + r, iteration, sample) and key
-  // (key0, key1), each a 32-bit word.
-  m.def(
-      "philox_normal_(Tensor(a!) out, int key0, int key1, int offset, "
-      "int iteration, int sample) -> ()");
   // noisy_unpool_diff with the noise drawn from philox_normal_'s stream instead
   // of read from eps: for `copies` = M blocks of B rows, eps[m * B + b] is the
   // noise of row b (sample index offset + b) at iteration `iteration` +
@@ -139,12 +134,22 @@ TORCH_LIBRARY(dtp_fast, m) {
       "noisy_unpool_diff_philox(Tensor y, float sigma, Tensor indices, "
       "Tensor h0, int act, int[2] output_size, int key0, int key1, int offset, "
       "int iteration, int samples, int copies) -> Tensor");
+  // ---- noise: counter-based Gaussian noise (csrc/cpu/noise_cpu.cpp, csrc/cuda/noise_cuda.cu)
+  // Counter-based standard normals (csrc/philox.h) into a contiguous out of
+  // shape (rows, ...): row r, element e (row-major) is lane e % 4 of the
+  // Philox block with counter (e / 4, offset + r, iteration, sample) and key
+  // (key0, key1), each a 32-bit word.
+  m.def(
+      "philox_normal_(Tensor(a!) out, int key0, int key1, int offset, "
+      "int iteration, int sample) -> ()");
+  // ---- sgd: multi-tensor momentum SGD (csrc/cpu/sgd_cpu.cpp, csrc/cuda/sgd_cuda.cu)
   // Momentum SGD (torch.optim.SGD, dampening 0, no Nesterov) of many tensors
   // at once, each with its own lr, momentum and weight decay:
   // g' = g + weight_decay * p; buf = momentum * buf + g'; p = p - lr * buf.
   m.def(
       "momentum_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] bufs, "
       "float[] lr, float[] momentum, float[] weight_decay) -> ()");
+  // ---- chain: the sequential chain of feedback training (csrc/cpu/chain_cpu.cpp, csrc/cuda/chain_cuda.cu)
   // The L-DRL loss of a conv feedback layer (ALGORITHM.md section 5), both
   // terms in one reduction: scale * (sum(dr_y^2) - 2 * sum(A * V)), a 0-dim
   // tensor of V's dtype; sums accumulated in double, deterministic. A has V's
@@ -160,6 +165,7 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "linear_chain_(Tensor(a!) V, Tensor(b!) buf, Tensor A, Tensor C, float lr, "
       "float momentum, float weight_decay, float scale, int loss_from) -> Tensor");
+  // ---- how this library was built (JSON, read by dtp_fast/_ext.py)
   m.def("build_info() -> str", &build_info);
 }
 

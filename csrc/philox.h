@@ -1,5 +1,7 @@
-// Counter-based Gaussian noise shared by every dtp_fast kernel (CPU, CUDA) and
-// mirrored op for op in Python (dtp_fast/noise.py, pure PyTorch) and Triton.
+// Counter-based Gaussian noise of the noise family (philox_normal_), also drawn
+// inside the dh family's noisy_unpool_diff_philox, shared by the CPU and CUDA
+// kernels and mirrored op for op in Python (dtp_fast/noise.py, pure PyTorch)
+// and Triton.
 //
 // A block of four standard normals is a pure function of a 128-bit counter
 // and a 64-bit key:

@@ -113,10 +113,12 @@ def _setup_namespace(monkeypatch):
 def test_setup_compiles_cuda_sources_only_in_the_cuda_build(monkeypatch):
     ns = _setup_namespace(monkeypatch)
     cuda = ns["cuda_sources_of"](ns["_sources"])
-    assert sorted(os.path.basename(p) for p in cuda) == ["bind_cuda.cpp", "chain.cu", "ldrl.cu", "noise.cu", "sgd.cu"]
+    assert sorted(os.path.basename(p) for p in cuda) == [
+        "chain_cuda.cu", "chain_cuda_bind.cpp", "dh_cuda.cu", "dh_cuda_bind.cpp",
+        "noise_cuda.cu", "noise_cuda_bind.cpp", "sgd_cuda.cu", "sgd_cuda_bind.cpp"]
     assert all(p.startswith(os.path.join("csrc", "cuda")) for p in cuda)
     cpu = ns["_sources"]("csrc/*.cpp") + ns["_sources"]("csrc/cpu/*.cpp")
-    assert not any("cuda" in p for p in cpu) and os.path.join("csrc", "cpu", "fused_cpu.cpp") in cpu
+    assert not any("cuda" in p for p in cpu) and os.path.join("csrc", "cpu", "chain_cpu.cpp") in cpu
     assert ns["cuda_sources_of"](lambda pattern: []) == []
     assert ns["cuda_sources_of"](lambda pattern: [] if pattern.endswith(".cu") else ["x.cpp"]) == []
     assert "-fmad=false" in ns["NVCC_FLAGS"]

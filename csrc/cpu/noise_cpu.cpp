@@ -1,4 +1,4 @@
-// CPU kernel of dtp_fast::philox_normal_: counter-based standard normals
+// CPU kernel of the noise family: dtp_fast::philox_normal_, counter-based standard normals
 // (csrc/philox.h) written into a contiguous (rows, features...) tensor.
 // Row r, element e of the row gets lane e % 4 of the block with counter
 // (e / 4, offset + r, iteration, sample) under the key (key0, key1).
@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../noise_args.h"
 #include "../philox.h"
 
 namespace dtp_fast {
@@ -85,18 +86,9 @@ void fill(scalar_t* out, int64_t rows, int64_t feat, uint32_t k0, uint32_t k1, i
 
 void philox_normal_cpu(at::Tensor& out, int64_t key0, int64_t key1, int64_t offset, int64_t iteration,
                        int64_t sample) {
-  TORCH_CHECK(out.is_contiguous(), "dtp_fast::philox_normal_: out must be contiguous");
-  TORCH_CHECK(out.dim() >= 1, "dtp_fast::philox_normal_: out needs a batch dimension (rows)");
-  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
-              "dtp_fast::philox_normal_: float32 or float64 only, got ", out.scalar_type());
-  for (const int64_t v : {key0, key1, iteration, sample})
-    TORCH_CHECK(v >= 0 && v < (int64_t{1} << 32), "dtp_fast::philox_normal_: key words, iteration and sample "
-                "must be in [0, 2^32), got ", v);
-  const int64_t rows = out.size(0), feat = rows ? out.numel() / rows : 0;
-  TORCH_CHECK(offset >= 0 && offset + rows <= (int64_t{1} << 32),
-              "dtp_fast::philox_normal_: sample indices offset .. offset + rows must be in [0, 2^32)");
-  TORCH_CHECK(feat < (int64_t{1} << 34), "dtp_fast::philox_normal_: rows of more than 2^34 elements");
+  const int64_t feat = check_philox_normal_args(out, key0, key1, offset, iteration, sample);
   if (out.numel() == 0) return;
+  const int64_t rows = out.size(0);
   const auto k0 = static_cast<uint32_t>(key0), k1 = static_cast<uint32_t>(key1);
   const auto it = static_cast<uint32_t>(iteration), smp = static_cast<uint32_t>(sample);
   if (out.scalar_type() == at::kFloat)

@@ -1,7 +1,9 @@
-// CUDA kernels of dtp_fast: the plain C++ interface between the kernels
-// (csrc/cuda/*.cu, raw pointers, no torch headers: they compile in seconds)
-// and their torch binding (csrc/cuda/bind_cuda.cpp, argument checks and
-// TORCH_LIBRARY_IMPL(dtp_fast, CUDA, m)).
+// CUDA kernels of dtp_fast: the plain C++ interface between the kernels of
+// each family (csrc/cuda/<family>_cuda.cu, raw pointers, no torch headers: they
+// compile in seconds) and their torch bindings (csrc/cuda/<family>_cuda_bind.cpp,
+// argument checks and TORCH_LIBRARY_IMPL(dtp_fast, CUDA, m)), one section per
+// family. One header for all families: it is the whole contract between nvcc's
+// side and torch's side, small, and its sections share Strides4.
 //
 // Every launcher enqueues its kernels on `stream` and returns the launch
 // status (cudaGetLastError()); none synchronises. Tensors are described by
@@ -27,14 +29,16 @@ struct Strides4 {
   int64_t n, c, h, w;
 };
 
-// Activation codes: as csrc/pool_act.h (0 identity, 1 ELU, 2 ReLU, 3 tanh).
+// Activation codes: as csrc/pool.h (0 identity, 1 ELU, 2 ReLU, 3 tanh).
 
+// ------------------------------------------------------------------ noise
 // philox_normal_: out is a contiguous (rows, feat) array; row r, element e
 // gets lane e % 4 of the Philox block (e / 4, offset + r, iteration, sample).
 template <typename T>
 cudaError_t launch_philox_normal(T* out, int64_t rows, int64_t feat, uint32_t key0, uint32_t key1,
                                  int64_t offset, uint32_t iteration, uint32_t sample, cudaStream_t stream);
 
+// ------------------------------------------------------------------ dh
 // pool_unpool_diff: out[n] = ACT(unpool(maxpool(ACT(z1[n])))) - h0[n % B].
 struct PoolUnpoolArgs {
   int64_t N, B, C, H, W;     // z1 / out (N, C, H, W), h0 (B, C, H, W)
@@ -70,6 +74,7 @@ template <typename T>
 cudaError_t launch_noisy_unpool_diff(const T* y, const T* eps, T sigma, const int64_t* ind, const T* h0, T* out,
                                      int32_t* winner, const NoisyArgs& a, cudaStream_t stream);
 
+// ------------------------------------------------------------------ sgd
 // Multi-tensor momentum SGD (torch.optim.SGD, dampening 0, no Nesterov), for
 // each tensor i over its numel elements (dense, p, g, buf with one layout):
 //   g' = g + weight_decay * p (if weight_decay != 0); buf = momentum * buf + g';
@@ -85,6 +90,7 @@ constexpr int kSgdMaxTensors = 24;  // per launch (kernel-argument space)
 template <typename T>
 cudaError_t launch_momentum_sgd(const SgdTensor* tensors, int count, cudaStream_t stream);
 
+// ------------------------------------------------------------------ chain
 // L-DRL loss of a conv layer (dtp_fast::ldrl_loss): out[0] = scale * (sum(r^2)
 // - 2 * sum(a * v)), r with n_r elements, a and v with n_v (read in one
 // layout), both sums accumulated in double, in two passes: a fixed grid of
@@ -103,7 +109,7 @@ cudaError_t launch_ldrl_loss(const T* r, int64_t n_r, const T* a, const T* v, in
 //   loss_k = scale * (<G, V> - 2 <A_k, V>) (V before the step; double sums) for k >= loss_from;
 //   g = (G - A_k) * grad_scale (+ weight_decay * V); buf = momentum * buf + g; V = V - lr * buf.
 // Rows of V are independent (row i of V C_k needs row i of V only): each block
-// owns linear_chain_rows(...) rows for all iterations; the loss partials of
+// owns a fixed number of rows for all iterations; the loss partials of
 // every (iteration, block) go to `partials` (2 * (n - loss_from) * blocks
 // doubles) and a second kernel adds them in block order into losses[k - loss_from].
 // `G` is scratch of d_in * d_out elements.
@@ -111,7 +117,6 @@ struct LinearChainArgs {
   int64_t n, d_in, d_out, loss_from;
   double lr, momentum, weight_decay, grad_scale, loss_scale;
 };
-int64_t linear_chain_rows(int64_t d_in, int64_t d_out);
 int linear_chain_blocks(int64_t d_in, int64_t d_out);
 template <typename T>
 cudaError_t launch_linear_chain(T* V, T* buf, const T* A, const T* C, T* G, T* losses, double* partials,

@@ -1,7 +1,8 @@
-// CUDA kernel of dtp_fast::momentum_sgd_: one launch updates up to
-// kSgdMaxTensors tensors (blockIdx.y picks the tensor), each with its own
+// CUDA kernel of the sgd family: dtp_fast::momentum_sgd_. One launch updates up
+// to kSgdMaxTensors tensors (blockIdx.y picks the tensor), each with its own
 // learning rate, momentum and weight decay; the operations and roundings of
 // torch.optim.SGD's single-tensor path (no FMA: compiled with -fmad=false).
+// Binding: sgd_cuda_bind.cpp.
 #include "common.cuh"
 
 namespace dtp_fast {

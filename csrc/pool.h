@@ -1,13 +1,11 @@
-// Shared declarations of the fused activation + max-pool ops of dtp_fast.
-//
-// Everything here is backend independent (argument checks, output-size
-// arithmetic, activation codes) so that the CPU kernels and the CUDA kernels
-// (csrc/cuda/, added later) report the same errors for the same mistakes.
+// The pool family (act_pool2d, unpool_act2d): activation codes, pool geometry
+// and the argument checks of pooling / unpooling, shared by every device and
+// by the dh family (csrc/dh_args.h), whose ops pool and unpool too, so that
+// all report the same errors for the same mistakes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
-#include <array>
 #include <cstdint>
 
 namespace dtp_fast {
@@ -19,16 +17,6 @@ enum ActCode : int64_t {
   kActRelu = 2,
   kActTanh = 3,
 };
-
-inline const char* act_name(int64_t act) {
-  switch (act) {
-    case kActIdentity: return "identity";
-    case kActElu: return "elu";
-    case kActRelu: return "relu";
-    case kActTanh: return "tanh";
-    default: return "unknown";
-  }
-}
 
 inline void check_act(const char* op, int64_t act) {
   TORCH_CHECK(act >= kActIdentity && act <= kActTanh, op,
@@ -110,54 +98,5 @@ inline void check_unpool_args(const char* op, const at::Tensor& y,
   TORCH_CHECK(output_size[0] > 0 && output_size[1] > 0, op,
               ": output_size must be positive, got ", output_size);
 }
-
-// Checks shared by the L-DRL ops (pool_unpool_diff, noisy_unpool_diff).
-inline void check_ldrl_4d(const char* op, const char* name, const char* shape,
-                          const at::Tensor& t) {
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D ", shape, ", got ",
-              t.dim(), "-D tensor of shape ", t.sizes());
-}
-
-inline void check_same_dtype(const char* op, const char* name_a,
-                             const at::Tensor& a, const char* name_b,
-                             const at::Tensor& b) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", name_a, " and ",
-              name_b, " must have the same dtype, got ", a.scalar_type(),
-              " and ", b.scalar_type());
-}
-
-// The batch of `copies` (M*B: M noisy copies of a batch) must be a whole
-// multiple of the batch B of `batch`.
-inline void check_copies(const char* op, const char* copies_name,
-                         int64_t copies, const char* batch_name,
-                         int64_t batch) {
-  TORCH_CHECK(batch > 0 ? copies % batch == 0 : copies == 0, op, ": the batch "
-              "size of ", copies_name, " (", copies, ") must be a multiple of "
-              "the batch size of ", batch_name, " (", batch, "): ",
-              copies_name, " holds M copies of a batch of ", batch_name);
-}
-
-// Op entry points (one definition per backend, bound in TORCH_LIBRARY_IMPL).
-std::tuple<at::Tensor, at::Tensor> act_pool2d_cpu(const at::Tensor& z,
-                                                  int64_t act,
-                                                  at::IntArrayRef kernel_size,
-                                                  at::IntArrayRef stride,
-                                                  at::IntArrayRef padding);
-
-at::Tensor unpool_act2d_cpu(const at::Tensor& y, const at::Tensor& indices,
-                            int64_t act, at::IntArrayRef output_size);
-
-// dh1 = ACT(max_unpool2d(max_pool2d(ACT(z1)), switches)) - h0 (h0 repeated over
-// the M copies of z1), without materialising the pooled tensor or switches.
-at::Tensor pool_unpool_diff_cpu(const at::Tensor& z1, const at::Tensor& h0,
-                                int64_t act, at::IntArrayRef kernel_size,
-                                at::IntArrayRef stride, at::IntArrayRef padding);
-
-// dh2 = ACT(max_unpool2d(y + sigma * eps, indices)) - h0 (y, indices and h0
-// repeated over the M copies of eps).
-at::Tensor noisy_unpool_diff_cpu(const at::Tensor& y, const at::Tensor& eps,
-                                 double sigma, const at::Tensor& indices,
-                                 const at::Tensor& h0, int64_t act,
-                                 at::IntArrayRef output_size);
 
 }  // namespace dtp_fast

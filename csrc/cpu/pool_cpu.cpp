@@ -1,4 +1,4 @@
-// CPU kernels of dtp_fast::act_pool2d and dtp_fast::unpool_act2d.
+// CPU kernels of the pool family: dtp_fast::act_pool2d and dtp_fast::unpool_act2d.
 //
 // Both ops work plane by plane: a plane is one (n, c) slice of H*W values,
 // and at::parallel_for splits the N*C planes between threads. Inside a plane
@@ -34,7 +34,7 @@
 #include <utility>
 #include <vector>
 
-#include "../pool_act.h"
+#include "../pool.h"
 
 namespace dtp_fast {
 namespace {
@@ -159,8 +159,6 @@ void unpool_act2d_kernel(const scalar_t* y, const int64_t* ind, scalar_t* out,
   });
 }
 
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor> act_pool2d_cpu(const at::Tensor& z,
                                                   int64_t act,
                                                   at::IntArrayRef kernel_size,
@@ -235,6 +233,8 @@ at::Tensor unpool_act2d_cpu(const at::Tensor& y, const at::Tensor& indices,
               H, "x", W, ")");
   return out;
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(dtp_fast, CPU, m) {
   m.impl("act_pool2d", &act_pool2d_cpu);

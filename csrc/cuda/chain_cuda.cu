@@ -1,8 +1,9 @@
-// CUDA kernels of the sequential chain of L-DRL feedback training
-// (ALGORITHM.md section 5): dtp_fast::ldrl_loss (both terms of a conv layer's
-// loss in one reduction) and dtp_fast::linear_chain_ (every iteration of a
-// Linear feedback block in one persistent launch). Semantics: kernels.h,
-// csrc/ops.cpp; CPU oracles: csrc/cpu/fused_cpu.cpp.
+// CUDA kernels of the chain family, the sequential chain of L-DRL feedback
+// training (ALGORITHM.md section 5): dtp_fast::ldrl_loss (both terms of a conv
+// layer's loss in one reduction) and dtp_fast::linear_chain_ (every iteration
+// of a Linear feedback block in one persistent launch). Semantics: kernels.h,
+// csrc/ops.cpp; CPU oracles: csrc/cpu/chain_cpu.cpp; binding:
+// chain_cuda_bind.cpp.
 //
 // Deterministic: no atomics. Sums are accumulated in double per thread, then
 // combined by a fixed shared-memory tree per block, then per-block partials
@@ -130,6 +131,13 @@ __global__ void linear_chain_loss_kernel(const double* partials, int64_t n_loss,
   losses[k] = static_cast<T>(scale * (sq - 2.0 * dot));
 }
 
+// Rows of V each block of linear_chain_kernel owns, for all iterations.
+int64_t linear_chain_rows(int64_t d_in, int64_t d_out) {
+  // about 4 elements per thread, whole rows
+  const int64_t rows = d_out > 0 ? (4 * kThreads + d_out - 1) / d_out : 1;
+  return std::max<int64_t>(1, std::min<int64_t>(rows, std::max<int64_t>(d_in, 1)));
+}
+
 }  // namespace
 
 int ldrl_loss_blocks(int64_t n_r, int64_t n_v) {
@@ -147,12 +155,6 @@ cudaError_t launch_ldrl_loss(const T* r, int64_t n_r, const T* a, const T* v, in
   if (err != cudaSuccess) return err;
   loss_final_kernel<T><<<1, kThreads, 0, stream>>>(partials, blocks, scale, out);
   return cudaGetLastError();
-}
-
-int64_t linear_chain_rows(int64_t d_in, int64_t d_out) {
-  // about 4 elements per thread, whole rows
-  const int64_t rows = d_out > 0 ? (4 * kThreads + d_out - 1) / d_out : 1;
-  return std::max<int64_t>(1, std::min<int64_t>(rows, std::max<int64_t>(d_in, 1)));
 }
 
 int linear_chain_blocks(int64_t d_in, int64_t d_out) {

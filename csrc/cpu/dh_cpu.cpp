@@ -1,7 +1,11 @@
-// CPU kernels of the L-DRL feedback-engine ops dtp_fast::pool_unpool_diff and
-// dtp_fast::noisy_unpool_diff (ALGORITHM.md section 5: dh1 and dh2).
+// CPU kernels of the dh family, the L-DRL feedback-engine ops (ALGORITHM.md
+// section 5: dh1 and dh2): dtp_fast::pool_unpool_diff, dtp_fast::noisy_unpool_diff
+// and dtp_fast::noisy_unpool_diff_philox (noisy_unpool_diff with its noise
+// block drawn from csrc/philox.h first). Over 500 lines: one family's kernels,
+// whose many specialised scans (layout x tiling x fused activation) share the
+// buffers and helpers of this file.
 //
-// Both ops produce, for N = M*B noisy copies of a batch of B samples,
+// The first two produce, for N = M*B noisy copies of a batch of B samples,
 //   out[n] = ACT(unpool(values, switches)) - h0[n % B]
 // with ACT(0) == 0 (so 0 - h0 wherever no switch points). at::parallel_for
 // splits the N samples; each task works through groups of consecutive
@@ -57,7 +61,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "../pool_act.h"
+#include "../dh_args.h"
+#include "../philox.h"
 
 namespace dtp_fast {
 namespace {
@@ -273,6 +278,41 @@ inline Window window_of(const PoolGeometry& g, int64_t oh, int64_t ow) {
   return w;
 }
 
+// The steps of the vectorised scans below, on n running maxima mv and their
+// window positions mk: each scan inlines them into its own loop nest, whose
+// innermost axis (windows of a row, or channels) they vectorise.
+template <typename T, typename K>
+inline void reset_maxima(T* mv, K* mk, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    mv[i] = -std::numeric_limits<T>::infinity();
+    mk[i] = 0;
+  }
+}
+
+// Window position k, of value src[i * stride] in window i.
+template <typename T, typename K>
+inline void take_maxima(T* mv, K* mk, const T* src, int64_t stride, K k, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = src[i * stride];
+    const T m = mv[i];
+    const K q = mk[i];
+    const bool take = (v > m) | (v != v);  // first max wins; NaN wins
+    mv[i] = take ? v : m;
+    mk[i] = take ? k : q;
+  }
+}
+
+template <typename T, typename K>
+inline void relu_fixup_maxima(T* mv, K* mk, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    T m = mv[i];
+    K q = mk[i];
+    relu_fixup(m, q);
+    mv[i] = m;
+    mk[i] = q;
+  }
+}
+
 // (1) Scan of one sample, plane by plane (NCHW-like input). Buffer order:
 // (c, oh, ow).
 template <typename scalar_t, int64_t ACT>
@@ -324,32 +364,15 @@ void scan_planes_tiling(const scalar_t* an, const PoolUnpoolArgs& p, scalar_t* v
     for (int64_t oh = 0; oh < g.OH; ++oh) {
       scalar_t* mv = val + (c * g.OH + oh) * OW;
       K* mk = pos + (c * g.OH + oh) * OW;
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        mv[ow] = -std::numeric_limits<scalar_t>::infinity();
-        mk[ow] = 0;
-      }
+      reset_maxima(mv, mk, OW);
       K k = 0;
       for (int64_t dh = 0; dh < g.kH; ++dh) {
         for (int64_t dw = 0; dw < g.kW; ++dw, ++k) {
-          const scalar_t* src = ap + (oh * g.kH + dh) * p.as.h + dw * p.as.w;
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const scalar_t v = src[ow * step];
-            const scalar_t m = mv[ow];
-            const K q = mk[ow];
-            const bool take = (v > m) | (v != v);  // first max wins; NaN wins
-            mv[ow] = take ? v : m;
-            mk[ow] = take ? k : q;
-          }
+          take_maxima(mv, mk, ap + (oh * g.kH + dh) * p.as.h + dw * p.as.w, step, k, OW);
         }
       }
       if constexpr (ACT == kActRelu) {
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          scalar_t m = mv[ow];
-          K q = mk[ow];
-          relu_fixup(m, q);
-          mv[ow] = m;
-          mk[ow] = q;
-        }
+        relu_fixup_maxima(mv, mk, OW);
       }
     }
   }
@@ -369,32 +392,15 @@ void scan_channels_last(const scalar_t* an, const PoolUnpoolArgs& p,
       const Window w = window_of(g, oh, ow);
       scalar_t* mv = val + (oh * g.OW + ow) * C;
       K* mk = pos + (oh * g.OW + ow) * C;
-      for (int64_t c = 0; c < C; ++c) {
-        mv[c] = -std::numeric_limits<scalar_t>::infinity();
-        mk[c] = 0;
-      }
+      reset_maxima(mv, mk, C);
       K k = 0;
       for (int64_t ih = w.ih0; ih < w.ih1; ++ih) {
         for (int64_t iw = w.iw0; iw < w.iw1; ++iw, ++k) {
-          const scalar_t* src = an + ih * p.as.h + iw * p.as.w;
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t v = src[c * asc];
-            const scalar_t m = mv[c];
-            const K q = mk[c];
-            const bool take = (v > m) | (v != v);  // first max wins; NaN wins
-            mv[c] = take ? v : m;
-            mk[c] = take ? k : q;
-          }
+          take_maxima(mv, mk, an + ih * p.as.h + iw * p.as.w, asc, k, C);
         }
       }
       if constexpr (ACT == kActRelu) {
-        for (int64_t c = 0; c < C; ++c) {
-          scalar_t m = mv[c];
-          K q = mk[c];
-          relu_fixup(m, q);
-          mv[c] = m;
-          mk[c] = q;
-        }
+        relu_fixup_maxima(mv, mk, C);
       }
     }
   }
@@ -413,37 +419,20 @@ void scan_channels_last_tiling(const scalar_t* an, const PoolUnpoolArgs& p,
   for (int64_t oh = 0; oh < g.OH; ++oh) {
     scalar_t* row_mv = val + oh * g.OW * C;
     K* row_mk = pos + oh * g.OW * C;
-    for (int64_t i = 0; i < g.OW * C; ++i) {
-      row_mv[i] = -std::numeric_limits<scalar_t>::infinity();
-      row_mk[i] = 0;
-    }
+    reset_maxima(row_mv, row_mk, g.OW * C);
     for (int64_t dh = 0; dh < g.kH; ++dh) {
       const int64_t ih = oh * g.kH + dh;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         scalar_t* mv = row_mv + ow * C;
         K* mk = row_mk + ow * C;
         for (int64_t dw = 0; dw < g.kW; ++dw) {
-          const K k = static_cast<K>(dh * g.kW + dw);
-          const scalar_t* src = an + ih * p.as.h + (ow * g.kW + dw) * p.as.w;
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t v = src[c * asc];
-            const scalar_t m = mv[c];
-            const K q = mk[c];
-            const bool take = (v > m) | (v != v);  // first max wins; NaN wins
-            mv[c] = take ? v : m;
-            mk[c] = take ? k : q;
-          }
+          take_maxima(mv, mk, an + ih * p.as.h + (ow * g.kW + dw) * p.as.w, asc, static_cast<K>(dh * g.kW + dw),
+                      C);
         }
       }
     }
     if constexpr (ACT == kActRelu) {
-      for (int64_t i = 0; i < g.OW * C; ++i) {
-        scalar_t m = row_mv[i];
-        K q = row_mk[i];
-        relu_fixup(m, q);
-        row_mv[i] = m;
-        row_mk[i] = q;
-      }
+      relu_fixup_maxima(row_mv, row_mk, g.OW * C);
     }
   }
 }
@@ -766,16 +755,11 @@ inline void check_float_cpu(const char* op, const char* name, const at::Tensor& 
               " on ", t.device());
 }
 
-}  // namespace
-
 at::Tensor pool_unpool_diff_cpu(const at::Tensor& z1, const at::Tensor& h0,
                                 int64_t act, at::IntArrayRef kernel_size,
                                 at::IntArrayRef stride, at::IntArrayRef padding) {
   constexpr const char* op = "dtp_fast::pool_unpool_diff";
-  check_act(op, act);
-  check_ldrl_4d(op, "z1", "(M*B, C, H, W)", z1);
-  check_ldrl_4d(op, "h0", "(B, C, H, W)", h0);
-  const PoolGeometry g = pool_geometry(op, z1, kernel_size, stride, padding);
+  const PoolGeometry g = pool_unpool_diff_geometry(op, z1, h0, act, kernel_size, stride, padding);
   check_float_cpu(op, "z1", z1);
   check_float_cpu(op, "h0", h0);
   check_same_dtype(op, "z1", z1, "h0", h0);
@@ -873,9 +857,65 @@ at::Tensor noisy_unpool_diff_cpu(const at::Tensor& y, const at::Tensor& eps,
   return out;
 }
 
+// ---------------------------------------------------------------------------
+// noisy_unpool_diff_philox: a simple version that defines the result and is
+// the oracle of the CUDA kernel (tests/test_cuda.py): the noise block
+// materialised with the generator of csrc/philox.h (the values of
+// philox_normal_), then noisy_unpool_diff_cpu.
+// ---------------------------------------------------------------------------
+
+// eps[m * B + b] (shape (copies * B, C, Hp, Wp), contiguous): row b of noise
+// block m, i.e. philox_normal_ with offset + b, iteration + m / samples,
+// sample m % samples.
+template <typename scalar_t>
+void fill_noise_block(scalar_t* eps, int64_t copies, int64_t B, int64_t feat, uint32_t k0, uint32_t k1,
+                      int64_t offset, int64_t iteration, int64_t samples) {
+  at::parallel_for(0, copies * B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t m = n / B, b = n % B;
+      const auto row = static_cast<uint32_t>(offset + b);
+      const auto it = static_cast<uint32_t>(iteration + m / samples), smp = static_cast<uint32_t>(m % samples);
+      scalar_t* dst = eps + n * feat;
+      for (int64_t j = 0; 4 * j < feat; ++j) {
+        float v[4];
+        philox::normal4(static_cast<uint32_t>(j), row, it, smp, k0, k1, v);
+        for (int64_t e = 4 * j; e < std::min(feat, 4 * j + 4); ++e) dst[e] = static_cast<scalar_t>(v[e - 4 * j]);
+      }
+    }
+  });
+}
+
+at::Tensor noisy_unpool_diff_philox_cpu(const at::Tensor& y, double sigma, const at::Tensor& indices,
+                                        const at::Tensor& h0, int64_t act, at::IntArrayRef output_size,
+                                        int64_t key0, int64_t key1, int64_t offset, int64_t iteration,
+                                        int64_t samples, int64_t copies) {
+  constexpr const char* op = "dtp_fast::noisy_unpool_diff_philox";
+  check_ldrl_4d(op, "y", "(B, C, Hp, Wp)", y);
+  check_float_cpu(op, "y", y);
+  TORCH_CHECK(copies >= 0, op, ": copies must be >= 0, got ", copies);
+  TORCH_CHECK(samples >= 1 && samples < k2to32, op, ": samples must be in [1, 2^32), got ", samples);
+  for (const int64_t v : {key0, key1, iteration}) check_u32(op, "key words and iteration", v);
+  TORCH_CHECK(copies == 0 || iteration + (copies - 1) / samples < k2to32, op, ": iterations ", iteration, " .. ",
+              iteration + (copies - 1) / samples, " must be in [0, 2^32)");
+  const int64_t B = y.size(0), feat = y.size(1) * y.size(2) * y.size(3);
+  TORCH_CHECK(offset >= 0 && offset + B <= k2to32, op, ": sample indices offset .. offset + B must be in [0, 2^32)");
+  TORCH_CHECK(feat < (int64_t{1} << 34), op, ": samples of more than 2^34 elements");
+  at::Tensor eps = at::empty({copies * B, y.size(1), y.size(2), y.size(3)}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dtp_fast_noisy_unpool_diff_philox_cpu", [&] {
+    fill_noise_block(eps.mutable_data_ptr<scalar_t>(), copies, B, feat, static_cast<uint32_t>(key0),
+                     static_cast<uint32_t>(key1), offset, iteration, samples);
+  });
+  // the output takes the memory format of eps: make it that of y
+  eps = eps.contiguous(y.suggest_memory_format());
+  return noisy_unpool_diff_cpu(y, eps, sigma, indices, h0, act, output_size);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(dtp_fast, CPU, m) {
   m.impl("pool_unpool_diff", &pool_unpool_diff_cpu);
   m.impl("noisy_unpool_diff", &noisy_unpool_diff_cpu);
+  m.impl("noisy_unpool_diff_philox", &noisy_unpool_diff_philox_cpu);
 }
 
 }  // namespace dtp_fast

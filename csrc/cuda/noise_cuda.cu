@@ -1,5 +1,7 @@
-// CUDA kernel of dtp_fast::philox_normal_ (csrc/philox.h): one thread per
-// block of four normals of a row, the same values as the CPU kernel.
+// CUDA kernel of the noise family: dtp_fast::philox_normal_ (csrc/philox.h), one
+// thread per block of four normals of a row, the same values as the CPU kernel.
+// Binding: noise_cuda_bind.cpp.
+#include "../philox.h"
 #include "common.cuh"
 
 namespace dtp_fast {
