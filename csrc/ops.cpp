@@ -96,7 +96,7 @@ std::string build_info() {
 }  // namespace
 
 TORCH_LIBRARY(dtp_fast, m) {
-  // Fake (meta) implementations are registered from Python, in dtp_fast/ops.py.
+  // Fake (meta) implementations are registered from Python: dtp_fast/ops/<family>.py (FAKES), by dtp_fast/ops/__init__.py.
   m.set_python_module("dtp_fast.ops");
   // ---- pool: fused activation and max-pool / unpool (csrc/cpu/pool_cpu.cpp; no CUDA kernels)
   // ACT(z) then max_pool2d(kernel_size, stride, padding), floor mode, with the

@@ -10,7 +10,7 @@
 
 namespace dtp_fast {
 
-// Activation codes shared with dtp_fast/ops.py (_ACT_CODES).
+// Activation codes shared with dtp_fast/ops/_common.py (ACT_CODES).
 enum ActCode : int64_t {
   kActIdentity = 0,
   kActElu = 1,   // ELU with alpha = 1

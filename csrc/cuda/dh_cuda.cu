@@ -1,7 +1,7 @@
 // CUDA kernels of the dh family, the L-DRL feedback-engine ops
 // dtp_fast::pool_unpool_diff and dtp_fast::noisy_unpool_diff (+
 // noisy_unpool_diff_philox, the same with the noise drawn in the kernel).
-// Semantics: csrc/ops.cpp, dtp_fast/ops.py; binding: dh_cuda_bind.cpp.
+// Semantics: csrc/ops.cpp, dtp_fast/ops/dh.py; binding: dh_cuda_bind.cpp.
 //
 // Deterministic by construction:
 // - pool_unpool_diff: windows that tile the plane (kernel == stride, no
