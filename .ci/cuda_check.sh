@@ -6,7 +6,7 @@
 # from a copy of the working tree (the project's .venv and its in-tree
 # dtp_fast/_C*.so are not touched), then imports it and checks that the build
 # reports CUDA and that every CUDA op has a kernel for the CUDA dispatch key.
-# Finally runs tests/test_cuda.py and tests/ops/ there (the GPU tests skip without a GPU).
+# Finally runs tests/backends/test_cuda.py and tests/ops/ there (the GPU tests skip without a GPU).
 #
 # Environment: CUDA_HOME (default /usr/local/cuda), CUDA_CHECK_VENV (default
 # /tmp/dtp_fast-cuda-check-venv: outside the tree, reused by later runs), CUDA_CHECK_TORCH (default torch==2.14.1, whose default wheel is
@@ -66,5 +66,5 @@ for op in CUDA_OPS:
 assert cuda_kernels_problem() is None, cuda_kernels_problem()
 print("cuda-check: CUDA kernels registered for", ", ".join(CUDA_OPS))
 EOF
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$SRC/tests/test_cuda.py" "$SRC/tests/ops"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$SRC/tests/backends/test_cuda.py" "$SRC/tests/ops"
 echo "cuda-check: passed in $(( $(date +%s) - start )) s"

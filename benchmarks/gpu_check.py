@@ -8,7 +8,7 @@ It needs only this checkout (no network, no data sets) and runs in under 5 minut
 1. Correctness: every backend usable on the device (``torch``, ``triton``, ``cuda``, ... as built) trains
    the feedback layers of two small networks (SimpleVGG with 2x2 pools; LeNet with the overlapping 3/2/1
    pools and 2 noise samples) for 3 batches with the same counter-based noise as ``reference``, TF32 off;
-   weights, momentum buffers and losses must agree within the float32 tolerances of tests/test_backends.py
+   weights, momentum buffers and losses must agree within the float32 tolerances of tests/backends/test_every_backend.py
    (rtol 1e-4, atol 1e-6, for the momentum buffers atol 1e-6 times their largest magnitude, as they hold
    gradient sums up to ~50 where a float32 ulp exceeds 1e-6; losses rel 1e-3). Three batches exercise the
    ``triton`` backend's CUDA graph: eager warm-up, capture, replay.

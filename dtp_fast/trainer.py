@@ -6,7 +6,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -228,7 +228,7 @@ class Trainer:
         changed = {k: (v, getattr(self.config, k)) for k, v in ckpt["config"].items()
                    if k not in ("epochs", "progress", "device", "backend") and getattr(self.config, k, v) != v}
         if changed:
-            warnings.warn(f"resuming with settings that differ from the checkpoint's: "
+            warnings.warn("resuming with settings that differ from the checkpoint's: "
                           + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

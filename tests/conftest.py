@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-# Without a usable GPU, Triton kernels run on CPU tensors in Triton's interpreter (tests/ops/, tests/test_triton.py).
+# Without a usable GPU, Triton kernels run on CPU tensors in Triton's interpreter (tests/ops/, tests/backends/test_triton.py).
 # It must be set before any module defining kernels is imported (triton.jit reads it then).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -173,3 +173,76 @@ def impl_device(impl: str) -> str:
     if impl == TRITON:
         return triton_device()
     raise ValueError(impl)
+
+
+# ---------------------------------------------------------------------------- backends against reference
+#: Tolerances of a fast backend's feedback weights, momentum and losses against ``reference`` after a few
+#: iterations (float64 rounding; float32: different summation orders in the convolutions).
+BACKEND_TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
+
+
+def tiny_net(kernel=3, pool=(2, 2, 0), act=torch.nn.ELU, hw=(9, 7), channels=(3, 4, 5), hidden=6, classes=3):
+    """conv_0 (untrained), conv_1 (the case under test), fc_0 (MLP block: Linear -> act), fc_1 (Linear)."""
+    import dtp_fast
+
+    nn = torch.nn
+    c0, c1, c2 = channels
+    k, s, p = pool
+    h, w = hw[0] // 2, hw[1] // 2
+    h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    seq = nn.Sequential(nn.Conv2d(c0, c1, 3, padding=1), nn.ELU(), nn.MaxPool2d(2, 2),
+                        nn.Conv2d(c1, c2, kernel, padding=kernel // 2), act(), nn.MaxPool2d(k, s, p),
+                        nn.Flatten(), nn.Linear(c2 * h * w, hidden), act(), nn.Linear(hidden, classes))
+    return dtp_fast.from_sequential(seq, (c0, *hw))
+
+
+def feedback_run(net, x, cfg, backend, budget="default", *, steps=1, noise=None, noncontig=False, reduce=None,
+                 report="all"):
+    """A copy of ``net`` after ``steps`` feedback phases (steps 5, 6, ...) on ``x``: ``(net, state, stats per
+    step)``. ``backend``: a name (through ``train_feedback``) or a backend object (its ``train`` called
+    directly, without the availability check: the triton backend on CPU tensors under the interpreter)."""
+    import copy
+
+    from dtp_fast.feedback import FeedbackState, train_feedback
+    from dtp_fast.noise import CounterNoise
+
+    net = copy.deepcopy(net)
+    state, out = FeedbackState(), []
+    noise = CounterNoise(3) if noise is None else noise
+    for s in range(steps):
+        acts, sw = net.activations(x)
+        acts = [a.detach() for a in acts]
+        if noncontig:
+            acts = [a if a.dim() < 2 else layout(a, "noncontiguous") for a in acts]
+            sw = [None if i is None else layout(i, "noncontiguous") for i in sw]
+        if isinstance(backend, str):
+            out.append(train_feedback(net, acts, sw, cfg, state, noise, 5 + s, backend=backend, report=report,
+                                      memory_budget=budget, reduce=reduce))
+        else:
+            out.append(backend.train(net, acts, sw, cfg.resolve(net.feedback_names), state, noise, 5 + s, report,
+                                     memory_budget=budget, reduce=reduce))
+    return net, state, out
+
+
+def assert_same_feedback(ref, fast, dtype, bias=True):
+    """Two :func:`feedback_run` results agree within :data:`BACKEND_TOL`: feedback weights, their momentum
+    buffers, the reported losses (10x rtol: a loss is a difference of two large sums) and, with ``bias``, the
+    feedback biases (untouched by the fast backends; the reference's bias gradient is exactly 0, so without
+    weight decay they agree)."""
+    tol = BACKEND_TOL[dtype]
+    (n_ref, st_ref, l_ref), (n_fast, st_fast, l_fast) = ref, fast
+    for name in n_ref.feedback_names:
+        a, b = n_ref.blocks[name].g_op, n_fast.blocks[name].g_op
+        assert_close_within(b.weight.detach().cpu(), a.weight.detach().cpu(), **tol, what=f"{name} weight")
+        if bias:
+            assert_close_within(b.bias.detach().cpu(), a.bias.detach().cpu(), **tol, what=f"{name} bias")
+        assert_close_within(st_fast.buffers[f"{name}.weight"].cpu(), st_ref.buffers[f"{name}.weight"].cpu(), **tol,
+                            what=f"{name} momentum")
+    assert len(l_ref) == len(l_fast)
+    for a, b in zip(l_ref, l_fast):
+        assert a.keys() == b.keys()
+        for name in a:
+            if a[name]["loss"] is None:
+                assert b[name]["loss"] is None, name
+            else:
+                assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=tol["rtol"] * 10, abs=1e-6), name

@@ -5,6 +5,9 @@ DTP_FAST_REQUIRE_EXT=1 (set in CI), in which case they fail.
 """
 
 
+import os
+import runpy
+
 import pytest
 import torch
 
@@ -12,6 +15,7 @@ from dtp_fast import _ext
 from conftest import require_ext
 
 FIX = "pip install --no-build-isolation -e ."
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -107,3 +111,36 @@ def test_disable_env(monkeypatch, fresh_cache):
     assert _ext.available() is False
     assert "DTP_FAST_DISABLE_EXT=1" in _ext.load_error()
     assert _ext.build_info() is None
+
+
+# ----------------------------------------------------------------- setup.py and the sources
+def _setup_namespace(monkeypatch):
+    import setuptools
+
+    monkeypatch.setenv("DTP_FAST_NO_EXT", "1")
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: None)
+    return runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="dtp_fast_setup")
+
+
+def test_setup_compiles_cuda_sources_only_in_the_cuda_build(monkeypatch):
+    ns = _setup_namespace(monkeypatch)
+    cuda = ns["cuda_sources_of"](ns["_sources"])
+    assert sorted(os.path.basename(p) for p in cuda) == [
+        "chain_cuda.cu", "chain_cuda_bind.cpp", "dh_cuda.cu", "dh_cuda_bind.cpp",
+        "noise_cuda.cu", "noise_cuda_bind.cpp", "sgd_cuda.cu", "sgd_cuda_bind.cpp"]
+    assert all(p.startswith(os.path.join("csrc", "cuda")) for p in cuda)
+    cpu = ns["_sources"]("csrc/*.cpp") + ns["_sources"]("csrc/cpu/*.cpp")
+    assert not any("cuda" in p for p in cpu) and os.path.join("csrc", "cpu", "chain_cpu.cpp") in cpu
+    assert ns["cuda_sources_of"](lambda pattern: []) == []
+    assert ns["cuda_sources_of"](lambda pattern: [] if pattern.endswith(".cu") else ["x.cpp"]) == []
+    assert "-fmad=false" in ns["NVCC_FLAGS"]
+
+
+def test_cuda_kernel_files_include_no_torch_headers():
+    """Only the binding includes torch: a .cu with torch/extension.h costs ~80 s and 3 GB to compile."""
+    folder = os.path.join(ROOT, "csrc", "cuda")
+    for name in os.listdir(folder):
+        if name.endswith((".cu", ".cuh", ".h")):
+            text = open(os.path.join(folder, name)).read()
+            for banned in ("<torch/", "<ATen/", "<c10/"):
+                assert banned not in text, (name, banned)

@@ -1,7 +1,6 @@
 """Tests of the imagenet32 data set (downsampled ImageNet 32x32) and of the Loader's streamed (large-data) path."""
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 

@@ -2,7 +2,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import dtp_fast
 from dtp_fast.feedback import (FeedbackConfig, FeedbackState, ReferenceBackend, ldrl_loss, momentum_sgd_,

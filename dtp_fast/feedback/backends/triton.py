@@ -27,7 +27,7 @@ buckets in the same order; the fused precomputation is still used.
 
 The backend is usable on CUDA devices with ``triton`` >= 3.6 importable. Its
 pieces also run on CPU tensors under ``TRITON_INTERPRET=1`` (call
-:meth:`TritonBackend.train` directly): that is how tests/test_triton.py checks
+:meth:`TritonBackend.train` directly): that is how tests/backends/test_triton.py checks
 them without a GPU.
 """
 from __future__ import annotations

@@ -14,11 +14,11 @@ import torch
 
 import dtp_fast
 from dtp_fast.feedback import (BackendUnavailableError, FeedbackConfig, FeedbackState, available_backends,
-                               resolve_backend, train_feedback)
-from dtp_fast.feedback import minimum_memory_budget
-from dtp_fast.feedback import TritonBackend
+                               resolve_backend)
+from dtp_fast.feedback import TritonBackend, minimum_memory_budget
 from dtp_fast.noise import CounterNoise, ExplicitNoise
 from dtp_fast.ops import triton as kernels
+from helpers import assert_same_feedback, feedback_run, tiny_net
 
 if not kernels.available():
     pytest.skip(f"triton unavailable: {kernels.load_error()}", allow_module_level=True)
@@ -29,68 +29,24 @@ elif torch.cuda.is_available():
 else:
     pytest.skip("no GPU and TRITON_INTERPRET is not set: Triton kernels cannot run", allow_module_level=True)
 
-needs_gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU (Triton compiled, not interpreted)")
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _noncontiguous(t):
-    big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
-    big[..., ::2] = t
-    return big[..., ::2]
-
-
-def _close(got, want, dtype, what=""):
-    diff = (got - want).abs().nan_to_num(0.0).max().item() if got.numel() else 0.0
-    print(f"{what}: max abs diff {diff:.3g}")
-    torch.testing.assert_close(got, want, **TOL[dtype], equal_nan=True, msg=lambda m: f"{what}: {m}")
+def needs_gpu(test):
+    """A test that needs Triton compiled for a GPU (not the interpreter): marked ``gpu``."""
+    return pytest.mark.gpu(pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU (Triton compiled, not "
+                                                                       "interpreted)")(test))
 
 
 # ---------------------------------------------------------------------------- the whole backend
-def _net(kernel=3, pool=(2, 2, 0), act=torch.nn.ELU, hw=(9, 7), channels=(3, 4, 5), hidden=6, classes=3):
-    c0, c1, c2 = channels
-    k, s, p = pool
-    h, w = hw[0] // 2, hw[1] // 2
-    h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    nn = torch.nn
-    seq = nn.Sequential(nn.Conv2d(c0, c1, 3, padding=1), nn.ELU(), nn.MaxPool2d(2, 2),
-                        nn.Conv2d(c1, c2, kernel, padding=kernel // 2), act(), nn.MaxPool2d(k, s, p),
-                        nn.Flatten(), nn.Linear(c2 * h * w, hidden), act(), nn.Linear(hidden, classes))
-    return dtp_fast.from_sequential(seq, (c0, *hw))
+_net = tiny_net
 
 
-def _run(net, x, cfg, backend, budget, steps=2, noise=None, noncontig=False, reduce=None):
-    """Feedback training for ``steps`` batches; ``backend`` a name or a backend object (called directly,
-    so that the triton backend also runs on CPU tensors under the interpreter)."""
-    net = copy.deepcopy(net)
-    state, out = FeedbackState(), []
-    noise = CounterNoise(3) if noise is None else noise
-    hp = cfg.resolve(net.feedback_names)
-    for s in range(steps):
-        acts, sw = net.activations(x)
-        acts = [a.detach() for a in acts]
-        if noncontig:
-            acts = [_noncontiguous(a) for a in acts]
-            sw = [None if i is None else _noncontiguous(i) for i in sw]
-        if isinstance(backend, str):
-            out.append(train_feedback(net, acts, sw, cfg, state, noise, 5 + s, backend=backend, report="all",
-                                      memory_budget=budget))
-        else:
-            out.append(backend.train(net, acts, sw, hp, state, noise, 5 + s, "all", memory_budget=budget,
-                                     reduce=reduce))
-    return net, state, out
+def _run(net, x, cfg, backend, budget, steps=2, **kw):
+    return feedback_run(net, x, cfg, backend, budget, steps=steps, **kw)
 
 
-def _assert_same(ref, fast, dtype):
-    (n_ref, st_ref, l_ref), (n_fast, st_fast, l_fast) = ref, fast
-    for name in n_ref.feedback_names:
-        a, b = n_ref.blocks[name].g_op, n_fast.blocks[name].g_op
-        _close(b.weight.detach().cpu(), a.weight.detach().cpu(), dtype, f"{name} weight")
-        _close(st_fast.buffers[f"{name}.weight"].cpu(), st_ref.buffers[f"{name}.weight"].cpu(), dtype,
-               f"{name} momentum")
-    for a, b in zip(l_ref, l_fast):
-        for name in a:
-            assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=TOL[dtype]["rtol"] * 10, abs=1e-6)
+_assert_same = assert_same_feedback
 
 
 @pytest.mark.parametrize("case", ["conv3x3-pool2", "conv5x5-pool3/2/1", "tanh-odd"])

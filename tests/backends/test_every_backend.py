@@ -11,56 +11,10 @@ from dtp_fast.feedback import (FeedbackConfig, FeedbackState, available_backends
                                train_feedback)
 from dtp_fast.feedback import minimum_memory_budget, plan_chunk
 from dtp_fast.noise import CounterNoise
+from helpers import assert_same_feedback, feedback_run, tiny_net
 
 FAST = [name for name, (ok, _) in available_backends("cpu").items() if ok and name != "reference"]
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
-
-
-def _net(kernel=3, pool=(2, 2, 0), act=nn.ELU, hw=(9, 7), channels=(3, 4, 5), hidden=6, classes=3):
-    """conv_0 (untrained), conv_1 (the case under test), fc_0 (MLP block: Linear -> act), fc_1 (Linear)."""
-    c0, c1, c2 = channels
-    k, s, p = pool
-    h, w = hw[0] // 2, hw[1] // 2
-    h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    seq = nn.Sequential(nn.Conv2d(c0, c1, 3, padding=1), nn.ELU(), nn.MaxPool2d(2, 2),
-                        nn.Conv2d(c1, c2, kernel, padding=kernel // 2), act(), nn.MaxPool2d(k, s, p),
-                        nn.Flatten(), nn.Linear(c2 * h * w, hidden), act(), nn.Linear(hidden, classes))
-    return dtp_fast.from_sequential(seq, (c0, *hw))
-
-
-def _noncontiguous(t):
-    if t is None or t.dim() < 2:
-        return t
-    big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
-    big[..., ::2] = t.detach()
-    out = big[..., ::2]
-    assert torch.equal(out, t) and (t.shape[-1] == 1 or not out.is_contiguous())
-    return out
-
-
-def _run(net, x, cfg, backend, budget, step=5, noncontig=False, steps=1):
-    net = copy.deepcopy(net)
-    state = FeedbackState()
-    losses = []
-    for s in range(steps):
-        acts, sw = net.activations(x)
-        if noncontig:
-            acts, sw = [_noncontiguous(a) for a in acts], [_noncontiguous(i) for i in sw]
-        losses.append(train_feedback(net, acts, sw, cfg, state, CounterNoise(3), step + s, backend=backend,
-                                     report="all", memory_budget=budget))
-    return net, state, losses
-
-
-def _assert_same(ref, fast, dtype):
-    (n_ref, st_ref, l_ref), (n_fast, st_fast, l_fast) = ref, fast
-    for name in n_ref.feedback_names:
-        a, b = n_ref.blocks[name].g_op, n_fast.blocks[name].g_op
-        torch.testing.assert_close(b.weight, a.weight, **TOL[dtype], msg=lambda m: f"{name}: {m}")
-        torch.testing.assert_close(b.bias, a.bias, **TOL[dtype])  # untouched by fast backends, ~0 drift in reference
-        torch.testing.assert_close(st_fast.buffers[f"{name}.weight"], st_ref.buffers[f"{name}.weight"], **TOL[dtype])
-    for a, b in zip(l_ref, l_fast):
-        for name in a:
-            assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=TOL[dtype]["rtol"] * 10, abs=1e-6)
+_net, _run, _assert_same = tiny_net, feedback_run, assert_same_feedback
 
 
 CASES = {
