@@ -22,7 +22,6 @@ results, :func:`to_markdown` and :func:`write_plot` present them.
 from __future__ import annotations
 
 import copy
-import datetime
 import os
 import statistics
 import sys
@@ -32,7 +31,7 @@ from typing import Callable
 import torch
 
 from .peak_memory import memory_method, peak_memory, synchronize
-from .utils import cpu_name
+from .utils import cpu_name, origin
 
 __all__ = ["BenchError", "build_net", "scale_width", "peak_memory", "to_markdown", "write_plot", "device_name"]
 
@@ -298,7 +297,7 @@ class _Bench:
             "cpu_count": os.cpu_count(),
             "torch_num_threads": torch.get_num_threads(),
             "load_average": _load_average(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **origin(),
             "versions": versions(),
             "seed": a.seed,
             "memory_budget": a.memory_budget,

@@ -170,6 +170,30 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "") if head else None
 
 
+def command_line() -> str:
+    """The command this process runs, as a user would type it again: ``dtp-fast ...`` for the CLI
+    (also under ``python -m dtp_fast.cli``), else ``python <script> ...``."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv) or [""]
+    prog = os.path.basename(argv[0])
+    if prog == "dtp-fast" or argv[0].endswith(os.path.join("dtp_fast", "cli", "__main__.py")):
+        head = ["dtp-fast"]
+    else:
+        head = ["python", os.path.relpath(argv[0]) if os.path.isabs(argv[0]) else argv[0]]
+    return shlex.join(head + argv[1:])
+
+
+def origin() -> dict:
+    """What a results file records of where it came from: ``command``, ``commit``, ``machine`` and
+    ``date`` (UTC)."""
+    import datetime
+
+    return {"command": command_line(), "commit": git_commit(), "machine": machine_name(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:

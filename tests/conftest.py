@@ -45,3 +45,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture
 def ext():
     require_ext()
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype float64 for the test (``pytestmark = pytest.mark.usefixtures("float64_default")``)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

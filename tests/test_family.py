@@ -12,12 +12,7 @@ from dtp_fast.feedback import FeedbackConfig, FeedbackState
 from dtp_fast.noise import CounterNoise
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def test_reconstruction_loss_is_lee_et_al():

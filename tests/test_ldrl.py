@@ -8,14 +8,7 @@ from dtp_fast.feedback import (FeedbackConfig, FeedbackState, ReferenceBackend, 
                                train_feedback)
 from dtp_fast.noise import CounterNoise, ExplicitNoise
 
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _transcribed_conv_loss(W, b, V, c, x, eps1, eps2, sigma, pool):

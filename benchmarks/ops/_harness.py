@@ -10,7 +10,6 @@ machine and date.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
 import statistics
@@ -24,7 +23,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from dtp_fast import _ext  # noqa: E402
-from dtp_fast.utils import cpu_name, git_commit, machine_name, resolve_device  # noqa: E402
+from dtp_fast.utils import cpu_name, origin, resolve_device  # noqa: E402
 
 IMPLS = ("torch", "cpu", "cuda", "triton")
 
@@ -92,11 +91,8 @@ def run(family: str, cases, args: argparse.Namespace) -> dict:
     _print(family, rows, why)
     record = {
         "benchmark": f"ops/{family}",
-        "command": [sys.executable, *sys.argv],
-        "git_commit": git_commit(),
-        "machine": machine_name(),
+        **origin(),
         "cpu": cpu_name(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(args.device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shlex
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +17,7 @@ from ..data import Loader
 from ..family import train_family_feedback
 from ..feedback import train_feedback
 from ..presets import lenet
-from ..utils import git_commit, machine_name, versions
+from ..utils import origin, versions
 
 __all__ = ["TheoryPreset", "THEORY_PRESETS", "theory_preset"]
 
@@ -170,8 +168,7 @@ def _new_result(figure: str, preset: TheoryPreset, dataset: str, width: float, i
     empty ``{method: {}}`` the seeds are filled into."""
     result = {"figure": figure, "dataset": dataset, "width": width, "preset": preset.name,
               "settings": preset.settings(),
-              "command": "dtp-fast " + shlex.join(sys.argv[1:]) if sys.argv else None,
-              "commit": git_commit(), "machine": machine_name(), "threads": torch.get_num_threads(),
+              **{k: v for k, v in origin().items() if k != "date"}, "threads": torch.get_num_threads(),
               "versions": versions(), "iterations": iterations, "seeds": list(seeds)}
     result.update({table: {m: {} for m in methods} for table in tables})
     return result
