@@ -20,7 +20,7 @@ from .dtp import bp_loss, dtp_loss
 from .family import TARGET_RULES, ensure_direct_feedback, train_family_feedback
 from .feedback import FeedbackConfig, FeedbackState, resolve_backend, train_feedback
 from .noise import CounterNoise, NoiseSource
-from .utils import Stopwatch, atomic_save, atomic_write_json, resolve_device, versions
+from .utils import Stopwatch, atomic_save, atomic_write_json, origin, resolve_device, versions
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME"]
 
@@ -496,4 +496,5 @@ class Trainer:
             "gradient_angle_deg": last.get("gradient_angle_deg", {}),
             "config": dataclasses.asdict(self.config),
             "versions": versions(),
+            **origin(),     # command, commit, machine, date
         }
