@@ -101,9 +101,9 @@ def test_ldrl_loss_layouts_empty_and_errors(ext, dtype):
     # the torch engine's hook gives the same value
     from types import SimpleNamespace
 
-    from dtp_fast.feedback import AnalyticBackend
+    from dtp_fast.feedback import TorchBackend
 
-    assert_close_within(AnalyticBackend().conv_loss(SimpleNamespace(scale=0.3), r, A, V).double(), expect,
+    assert_close_within(TorchBackend().conv_loss(SimpleNamespace(scale=0.3), r, A, V).double(), expect,
                         rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
     # empty tensors, and the errors
     assert ops.ldrl_loss(r[:0], A[:0], V[:0], 1.0).item() == 0

@@ -526,7 +526,7 @@ def test_triton_dh2_in_kernel_noise_equals_the_torch_backend(pool_name):
     device = impl_device(TRITON)
     torch.manual_seed(2)
     from dtp_fast.blocks import conv_block, linear_block
-    from dtp_fast.feedback import AnalyticBackend
+    from dtp_fast.feedback import TorchBackend
     from dtp_fast.feedback import TritonBackend
     from dtp_fast.noise import CounterNoise, NoiseBlock
 
@@ -539,7 +539,7 @@ def test_triton_dh2_in_kernel_noise_equals_the_torch_backend(pool_name):
     y, sw = block.f(x)
     h0 = block.h(y, sw)
     nb = NoiseBlock(CounterNoise(5), 7, 2, "y", 4, n, S, 3, tuple(y.shape))
-    want = AnalyticBackend().dh2(block, y, nb, 0.2, sw, h0)
+    want = TorchBackend().dh2(block, y, nb, 0.2, sw, h0)
     block.to(device)
     dsw = None if sw is None else sw.to(device)
     got = TritonBackend(tf32=False).dh2(block, y.to(device), nb, 0.2, dsw, h0.to(device))

@@ -144,12 +144,12 @@ def test_triton_noise_statistics_across_iterations_samples_and_rows():
 
 def test_triton_noisy_input_equals_the_torch_backend():
     device = impl_device(TRITON)
-    from dtp_fast.feedback import AnalyticBackend
+    from dtp_fast.feedback import TorchBackend
     from dtp_fast.feedback import TritonBackend
 
     x = torch.randn(3, 4, 5, 6).contiguous(memory_format=torch.channels_last)
     nb = NoiseBlock(CounterNoise(1), 2, 1, "x", 3, 2, 2, 5, tuple(x.shape))
-    want = AnalyticBackend().noisy_input(nb, 0.4, x, torch.channels_last)
+    want = TorchBackend().noisy_input(nb, 0.4, x, torch.channels_last)
     got = TritonBackend(tf32=False).noisy_input(nb, 0.4, x.to(device), torch.channels_last)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got.cpu(), want)

@@ -68,7 +68,7 @@ class TritonBackend(TorchBackend):
     Args:
         memory_budget: bytes for the precomputed perturbations; ``"auto"``: a quarter
             of the free GPU memory, at most 8 GiB (so that one chunk holds every
-            iteration and the chain can be graphed); see ``analytic.resolve_budget``.
+            iteration and the chain can be graphed); see :func:`dtp_fast.feedback.resolve_budget`.
         cuda_graphs: capture the conv chain in a CUDA graph when shapes repeat
             (``DTP_FAST_CUDA_GRAPHS=0`` turns it off).
         tf32: allow TF32 in the convolutions: None (default) means yes on compute
