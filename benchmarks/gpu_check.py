@@ -104,7 +104,7 @@ def _feedback_runs(net, x, config, backend: str, steps: int):
         chains.append(getattr(impl, "last_chain", None))
     weights = {f"{n}.{k}": v.detach().double().cpu() for n in net.feedback_names
                for k, v in net.blocks[n].g_op.named_parameters()}
-    # momentum of the weights (the fast backends leave the bias alone: its L-DRL gradient is exactly 0)
+    # momentum of the weights (the bias's L-DRL gradient is exactly 0: its buffer only moves with weight decay)
     bufs = {k: v.double().cpu() for k, v in state.buffers.items() if k.endswith(".weight")}
     return weights, bufs, losses, chains
 

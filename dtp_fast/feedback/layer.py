@@ -58,6 +58,8 @@ class LayerState:
         self.noise, self.step, self.chunk, self.offset = noise, step, chunk, offset
         self._V = block.g_op.weight
         self._buf = state.buffer(name, "weight", self._V)
+        self._c = block.g_op.bias
+        self._cbuf = None if self._c is None else state.buffer(name, "bias", self._c)
         self.weight = self._V.detach().clone(memory_format=fmt)
         self.momentum_buffer = self._buf.clone(memory_format=fmt)
         self.h0 = block.h(y, switches).contiguous(memory_format=fmt)
@@ -97,9 +99,35 @@ class LayerState:
             self.next_k = k
 
     def finish(self) -> None:
-        """Write the trained weight and its momentum buffer back."""
+        """Write the trained weight and its momentum buffer back, and step the bias."""
         self._V.copy_(self.weight)
         self._buf.copy_(self.momentum_buffer)
+        self._step_bias()
+
+    @torch.no_grad()
+    def _step_bias(self) -> None:
+        """The bias c after the layer's iterations, as ``torch.optim.SGD`` (what ``reference`` does).
+
+        Its L-DRL gradient is exactly 0, so with weight decay wd each iteration is
+        ``b = m b + wd c; c = c - lr b``: a linear map of (c, b) with the same 2x2 matrix at
+        every iteration. Its n-th power (n = the iterations run) applied once gives the result of
+        n steps in a few elementwise operations (equal to stepping n times up to rounding). Without
+        weight decay and with a zero buffer (the usual case) nothing changes.
+        """
+        if self._c is None:
+            return
+        hp = self.hp
+        one = ((1.0 - hp.lr * hp.weight_decay, -hp.lr * hp.momentum), (hp.weight_decay, hp.momentum))
+        a, b, c, d = 1.0, 0.0, 0.0, 1.0          # the identity, times ``one`` hp.iterations times
+        for _ in range(hp.iterations):
+            (p, q), (r, t) = one
+            a, b, c, d = p * a + q * c, p * b + q * d, r * a + t * c, r * b + t * d
+        if (a, b, c, d) == (1.0, 0.0, 0.0, 1.0):
+            return
+        bias, buf = self._c.detach(), self._cbuf
+        new_bias = bias * a + buf * b
+        buf.mul_(d).add_(bias, alpha=c)
+        bias.copy_(new_bias)
 
     # --------------------------------------------------------------- precompute
     def prepare(self, k0: int) -> None:

@@ -171,8 +171,7 @@ def test_cuda_backend_logic_with_the_cpu_kernels(case, dtype):
     assert calls.chain == [(3, *fc0), (5, *fc1)] * 2
     assert calls.loss == [tuple(net.blocks["conv_1"].g_op.weight.shape)] * 8
     ref = _train(net, x, cfg, "reference", CounterNoise(3), None)
-    # bias=False: with weight decay, reference decays the feedback bias and the fast backends leave it (issue 12)
-    _assert_same(ref, fast, dtype, bias=False)
+    _assert_same(ref, fast, dtype)
     # with explicit noise (the materialising path) and chunks of one iteration
     from dtp_fast.feedback import minimum_memory_budget
     table = {}
@@ -181,7 +180,7 @@ def test_cuda_backend_logic_with_the_cpu_kernels(case, dtype):
         dtype=dtype)))
     one = minimum_memory_budget(net.block_list()[1:], cfg.resolve(net.feedback_names), 3, x.element_size())
     _assert_same(_train(net, x, cfg, "reference", noise, None), _train_direct(backend, net, x, cfg, noise, one),
-                 dtype, bias=False)
+                 dtype)
 
 
 @pytest.mark.parametrize("report", ["last", "none"])

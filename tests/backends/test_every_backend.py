@@ -231,3 +231,25 @@ def test_a_backend_written_from_the_documented_seam_equals_reference(monkeypatch
     ref = _run(net, x, cfg, "reference", None)
     _assert_same(ref, _run(net, x, cfg, "hand-written", None), torch.float64)
     assert calls["dh2"] and calls["step_layers"]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_feedback_weight_decay_steps_weight_and_bias_as_reference(backend, momentum):
+    """With feedback weight decay (the official configs' b_optim.weight_decay) the bias, whose L-DRL gradient is
+    exactly 0, decays as torch.optim.SGD decays it in reference: same weights, biases and both momentum buffers
+    over several batches, to float64 rounding."""
+    torch.manual_seed(4)
+    net = _net(kernel=5, pool=(3, 2, 1)).double()
+    for name in net.feedback_names:                   # biases far from 0, so that decay shows
+        torch.nn.init.uniform_(net.blocks[name].g_op.bias, 0.5, 1.5)
+    x = torch.randn(2, *net.in_shape, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=0.2, weight_decay=0.05, momentum=momentum)
+    ref = _run(net, x, cfg, "reference", None, steps=3)
+    fast = _run(net, x, cfg, backend, None, steps=3)
+    _assert_same(ref, fast, torch.float64)
+    for name in net.feedback_names:
+        moved = (ref[0].blocks[name].g_op.bias - net.blocks[name].g_op.bias).abs().min()
+        assert moved > 1e-3, name                     # the bias did decay
+        key = f"{name}.bias"
+        torch.testing.assert_close(fast[1].buffers[key], ref[1].buffers[key], rtol=1e-9, atol=1e-12)

@@ -9,7 +9,8 @@ dh1 = h(y1; I1) - h(y; I0) and dh2 = h(y + dy; I0) - h(y; I0):
 
 where wgrad(h, g) is the weight gradient of the transposed convolution (or
 matrix product) with input h and output gradient g, and <dx, V * dh1> =
-<A_k, V> by adjointness. The bias c cancels and is left alone. Because F is
+<A_k, V> by adjointness. The bias c cancels (its gradient is 0; only weight decay moves it, see
+LayerState.finish). Because F is
 frozen, dx, the noisy forward pass, dh1, A_k and dh2 do not depend on V: they
 are computed for a chunk of iterations at once, the noisy forward pass in one
 batched call per layer, and only dh2 and the weight-sized A_k are kept. The
