@@ -224,17 +224,15 @@ def feedback_run(net, x, cfg, backend, budget="default", *, steps=1, noise=None,
     return net, state, out
 
 
-def assert_same_feedback(ref, fast, dtype, bias=True):
+def assert_same_feedback(ref, fast, dtype):
     """Two :func:`feedback_run` results agree within :data:`BACKEND_TOL`: feedback weights, their momentum
-    buffers, the reported losses (10x rtol: a loss is a difference of two large sums) and, with ``bias``, the
-    feedback biases (their L-DRL gradient is exactly 0: only weight decay moves them, in every backend)."""
+    buffers, the reported losses (10x rtol: a loss is a difference of two large sums) and the feedback biases (their L-DRL gradient is exactly 0: only weight decay moves them, in every backend)."""
     tol = BACKEND_TOL[dtype]
     (n_ref, st_ref, l_ref), (n_fast, st_fast, l_fast) = ref, fast
     for name in n_ref.feedback_names:
         a, b = n_ref.blocks[name].g_op, n_fast.blocks[name].g_op
         assert_close_within(b.weight.detach().cpu(), a.weight.detach().cpu(), **tol, what=f"{name} weight")
-        if bias:
-            assert_close_within(b.bias.detach().cpu(), a.bias.detach().cpu(), **tol, what=f"{name} bias")
+        assert_close_within(b.bias.detach().cpu(), a.bias.detach().cpu(), **tol, what=f"{name} bias")
         assert_close_within(st_fast.buffers[f"{name}.weight"].cpu(), st_ref.buffers[f"{name}.weight"].cpu(), **tol,
                             what=f"{name} momentum")
     assert len(l_ref) == len(l_fast)
