@@ -226,7 +226,8 @@ def feedback_run(net, x, cfg, backend, budget="default", *, steps=1, noise=None,
 
 def assert_same_feedback(ref, fast, dtype):
     """Two :func:`feedback_run` results agree within :data:`BACKEND_TOL`: feedback weights, their momentum
-    buffers, the reported losses (10x rtol: a loss is a difference of two large sums) and the feedback biases (their L-DRL gradient is exactly 0: only weight decay moves them, in every backend)."""
+    buffers, the reported losses (10x rtol: a loss is a difference of two large sums) and the feedback biases
+    (their L-DRL gradient is exactly 0: only weight decay moves them, in every backend)."""
     tol = BACKEND_TOL[dtype]
     (n_ref, st_ref, l_ref), (n_fast, st_fast, l_fast) = ref, fast
     for name in n_ref.feedback_names:
