@@ -173,7 +173,10 @@ class CudaBackend(TorchBackend):
 
     def step_layers(self, layers, grads, k: int) -> None:
         """The momentum-SGD steps of iteration k of several layers (the engine's ``LayerState``
-        objects, with their gradients) in one fused launch; the same update as ``LayerState.apply``."""
+        objects, with their gradients) in one fused launch; the same update as ``LayerState.apply``.
+        Dtypes the kernel lacks (e.g. bfloat16) take the engine's per-layer update."""
+        if any(lay.weight.dtype not in _DTYPES for lay in layers):
+            return super().step_layers(layers, grads, k)
         ops.momentum_sgd_([lay.weight for lay in layers], grads, [lay.momentum_buffer for lay in layers],
                           [lay.hp.lr for lay in layers], [lay.hp.momentum for lay in layers],
                           [lay.hp.weight_decay for lay in layers])
