@@ -28,10 +28,8 @@ least 4x faster than ``reference``, an L-DRL step at most 8x a backprop step, ev
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
-import os
 import pathlib
 import re
 import sys
@@ -47,6 +45,7 @@ import torch  # noqa: E402
 from dtp_fast import bench  # noqa: E402
 from dtp_fast.feedback import (FeedbackConfig, FeedbackState, available_backends, get_backend,  # noqa: E402
                                train_feedback)
+from dtp_fast.feedback.gpu import fp32_precision, full_float32  # noqa: E402
 from dtp_fast.noise import CounterNoise  # noqa: E402
 
 RTOL, ATOL, LOSS_RTOL = 1e-4, 1e-6, 1e-3
@@ -56,23 +55,6 @@ TARGET_SPEEDUP, TARGET_STEP_RATIO = 4.0, 8.0
 
 def _log(msg: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def full_float32():
-    """TF32 off for every backend (cuDNN, cuBLAS and the ``triton`` backend's own switch)."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, os.environ.get("DTP_FAST_TF32"))
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    os.environ["DTP_FAST_TF32"] = "0"
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[:2]
-        if saved[2] is None:
-            os.environ.pop("DTP_FAST_TF32", None)
-        else:
-            os.environ["DTP_FAST_TF32"] = saved[2]
 
 
 # ---------------------------------------------------------------------------- 1. correctness
@@ -169,24 +151,23 @@ def tf32_alignment_check(device="cuda", width: float = 0.25, batch: int = 32, st
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
     config = FeedbackConfig(iterations=list(hp["feedback_iters"]), lr=list(hp["feedback_lr"]), noise=list(hp["noise"]))
     impl = get_backend(backend, device)
-    saved = (torch.backends.cudnn.allow_tf32, getattr(impl, "tf32", None))
+    saved = getattr(impl, "tf32", None)
     result = {"backend": backend, "width": width, "batch": batch, "steps": steps,
               "angle_tolerance_deg": TF32_ANGLE_TOL_DEG, "distance_tolerance": TF32_DISTANCE_TOL}
     try:
         for flag in (False, True):
-            torch.backends.cudnn.allow_tf32 = flag
             if hasattr(impl, "tf32"):
                 impl.tf32 = flag
             net, state = copy.deepcopy(net0), FeedbackState()
-            for s in range(steps):
-                acts, sw = net.activations(x)
-                train_feedback(net, [a.detach() for a in acts], sw, config, state, CounterNoise(1), s,
-                               backend=backend, report="none")
+            with fp32_precision(flag):       # the torch backend's convolutions too
+                for s in range(steps):
+                    acts, sw = net.activations(x)
+                    train_feedback(net, [a.detach() for a in acts], sw, config, state, CounterNoise(1), s,
+                                   backend=backend, report="none")
             result["tf32" if flag else "float32"] = weight_alignment(net)
     finally:
-        torch.backends.cudnn.allow_tf32 = saved[0]
         if hasattr(impl, "tf32"):
-            impl.tf32 = saved[1]
+            impl.tf32 = saved
     layers = result["float32"]
     result["max_angle_diff_deg"] = max(abs(result["tf32"][n]["angle_deg"] - layers[n]["angle_deg"]) for n in layers)
     result["max_distance_diff"] = max(abs(result["tf32"][n]["distance"] - layers[n]["distance"]) for n in layers)

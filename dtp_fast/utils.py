@@ -62,12 +62,13 @@ class Stopwatch:
     (``sync=False``: no synchronisation, for callers that do not read the times)."""
 
     def __init__(self, device: torch.device, sync: bool = True):
-        self.cuda = sync and torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self.cuda = sync and self.device.type == "cuda"
         self.totals: dict[str, float] = {}
 
     def _sync(self):
         if self.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)   # its device, not the current one
 
     @contextmanager
     def __call__(self, name: str):

@@ -199,28 +199,33 @@ def tiny_net(kernel=3, pool=(2, 2, 0), act=torch.nn.ELU, hw=(9, 7), channels=(3,
 def feedback_run(net, x, cfg, backend, budget="default", *, steps=1, noise=None, noncontig=False, reduce=None,
                  report="all"):
     """A copy of ``net`` after ``steps`` feedback phases (steps 5, 6, ...) on ``x``: ``(net, state, stats per
-    step)``. ``backend``: a name (through ``train_feedback``) or a backend object (its ``train`` called
+    step)``, without TF32. ``noncontig``: the activations (and switches) as non-contiguous views, or
+    ``"channels_last"``: the 4-D activations in channels_last. ``backend``: a name (through ``train_feedback``) or a backend object (its ``train`` called
     directly, without the availability check: the triton backend on CPU tensors under the interpreter)."""
     import copy
 
     from dtp_fast.feedback import FeedbackState, train_feedback
+    from dtp_fast.feedback.gpu import full_float32
     from dtp_fast.noise import CounterNoise
 
     net = copy.deepcopy(net)
     state, out = FeedbackState(), []
     noise = CounterNoise(3) if noise is None else noise
-    for s in range(steps):
-        acts, sw = net.activations(x)
-        acts = [a.detach() for a in acts]
-        if noncontig:
-            acts = [a if a.dim() < 2 else layout(a, "noncontiguous") for a in acts]
-            sw = [None if i is None else layout(i, "noncontiguous") for i in sw]
-        if isinstance(backend, str):
-            out.append(train_feedback(net, acts, sw, cfg, state, noise, 5 + s, backend=backend, report=report,
-                                      memory_budget=budget, reduce=reduce))
-        else:
-            out.append(backend.train(net, acts, sw, cfg.resolve(net.feedback_names), state, noise, 5 + s, report,
-                                     memory_budget=budget, reduce=reduce))
+    with full_float32():   # on a GPU: the activations and every backend in IEEE float32 (no TF32)
+        for s in range(steps):
+            acts, sw = net.activations(x)
+            acts = [a.detach() for a in acts]
+            if noncontig == "channels_last":
+                acts = [layout(a, "channels_last") if a.dim() == 4 else a for a in acts]
+            elif noncontig:
+                acts = [a if a.dim() < 2 else layout(a, "noncontiguous") for a in acts]
+                sw = [None if i is None else layout(i, "noncontiguous") for i in sw]
+            if isinstance(backend, str):
+                out.append(train_feedback(net, acts, sw, cfg, state, noise, 5 + s, backend=backend, report=report,
+                                          memory_budget=budget, reduce=reduce))
+            else:
+                out.append(backend.train(net, acts, sw, cfg.resolve(net.feedback_names), state, noise, 5 + s,
+                                         report, memory_budget=budget, reduce=reduce))
     return net, state, out
 
 

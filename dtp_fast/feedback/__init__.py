@@ -22,6 +22,7 @@ from .engine import (
     resolve_backend,
     train_feedback,
 )
+from . import gpu  # noqa: F401  (dtp_fast.feedback.gpu: the GPU policy)
 from .layer import LayerState
 from .memory import (DEFAULT_MEMORY_BUDGET, auto_memory_budget, minimum_memory_budget, plan_chunk,
                      resolve_budget)

@@ -20,7 +20,7 @@ from dtp_fast.feedback import (BackendUnavailableError, FeedbackConfig, Feedback
 from dtp_fast.feedback.backends import cuda as cuda_backend
 from dtp_fast.feedback.backends.cuda import CUDA_OPS, cuda_kernels_problem
 from dtp_fast.noise import CounterNoise, ExplicitNoise
-from helpers import DTYPES, assert_same_feedback, gen, pool_id, require_ext, tiny_net
+from helpers import DTYPES, assert_same_feedback, feedback_run, gen, pool_id, require_ext, tiny_net
 
 FIX = "pip install --no-build-isolation -e ."
 
@@ -107,16 +107,8 @@ _assert_same = assert_same_feedback
 
 
 def _train(net, x, cfg, backend, noise, budget="default", steps=2, noncontig=False, report="all"):
-    net = copy.deepcopy(net)
-    state = FeedbackState()
-    losses = []
-    for s in range(steps):
-        acts, sw = net.activations(x)
-        if noncontig:
-            acts = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in acts]
-        losses.append(train_feedback(net, acts, sw, cfg, state, noise, 5 + s, backend=backend, report=report,
-                                     memory_budget=budget))
-    return net, state, losses
+    return feedback_run(net, x, cfg, backend, budget, steps=steps, noise=noise, report=report,
+                        noncontig="channels_last" if noncontig else False)
 
 
 def _train_direct(backend, net, x, cfg, noise, budget, steps=2, report="all", reduce=None):
@@ -232,8 +224,6 @@ def test_cuda_backend_with_a_reduce_hook_keeps_one_bucket_per_iteration(dtype, m
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("budget", ["default", "one"])
 def test_cuda_backend_equals_reference(case, dtype, budget, monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     kw = {"conv3x3-pool2": dict(kernel=3, pool=(2, 2, 0)), "conv5x5-pool3/2/1": dict(kernel=5, pool=(3, 2, 1)),
           "relu": dict(act=nn.ReLU), "tanh-odd": dict(act=nn.Tanh, hw=(11, 13), pool=(3, 2, 1))}[case]
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ import dtp_fast
 from dtp_fast.feedback import (BackendUnavailableError, FeedbackConfig, FeedbackState, available_backends,
                                resolve_backend)
 from dtp_fast.feedback import TritonBackend, minimum_memory_budget
+from dtp_fast.feedback.gpu import full_float32
 from dtp_fast.noise import CounterNoise, ExplicitNoise
 from dtp_fast.ops import triton as kernels
 from helpers import assert_same_feedback, feedback_run, tiny_net
@@ -131,9 +132,7 @@ def test_cuda_graph_capture_and_replay_equal_reference():
     x = torch.randn(4, *net.in_shape, device="cuda")
     cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1])
     backend = TritonBackend(tf32=False)
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+    with full_float32():
         chains = []
         ref = _run(net, x, cfg, "reference", None, steps=3)
         net2, state, out = copy.deepcopy(net), FeedbackState(), []
@@ -144,8 +143,6 @@ def test_cuda_graph_capture_and_replay_equal_reference():
             chains.append(backend.last_chain)
         assert chains[0].startswith("eager") and chains[1] == "graph-capture" and chains[2] == "graph-replay"
         _assert_same(ref, (net2, state, out), torch.float32)
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
 
 
 def _gpu_check_module():

@@ -36,6 +36,7 @@ import torch
 from ... import _ext, ops
 from ...noise import CounterNoise, NoiseBlock
 from ..engine import register_backend
+from ..gpu import GpuPolicy
 from .torch import TorchBackend
 
 __all__ = ["CudaBackend", "CUDA_OPS", "cuda_kernels_problem"]
@@ -96,7 +97,10 @@ class _Materialized:
         return self.tensor.to(device=device, dtype=dtype)
 
 
-class CudaBackend(TorchBackend):
+class CudaBackend(GpuPolicy, TorchBackend):
+    """Autograd-free L-DRL with the CUDA kernels of ``dtp_fast._C`` (see the module doc); the GPU policy
+    (``tf32``, ``deterministic``: :mod:`dtp_fast.feedback.gpu`) is the ``triton`` backend's."""
+
     name = "cuda"
 
     def availability(self, device):
@@ -114,6 +118,16 @@ class CudaBackend(TorchBackend):
         if problem is not None:
             return False, problem
         return True, "autograd-free analytic gradient with fused CUDA kernels from dtp_fast._C"
+
+    def __init__(self, memory_budget="auto", threads=None, tf32: bool | None = None, deterministic: bool = False):
+        super().__init__(memory_budget=memory_budget, threads=threads)
+        self.tf32, self.deterministic = tf32, deterministic
+
+    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
+              sample_offset=0, reduce=None):
+        with self.gpu_context(acts[0].device):
+            return super().train(net, acts, switches, hparams, state, noise, step, report,
+                                 memory_budget=memory_budget, sample_offset=sample_offset, reduce=reduce)
 
     # ------------------------------------------------------------------ noise
     @staticmethod

@@ -17,9 +17,11 @@ What runs where, per batch:
   this chain is captured in a CUDA graph on the second batch of a given shape
   and replayed from then on (the first batch runs it eagerly, which compiles
   the kernels); otherwise, or if capture fails, it runs eagerly.
-- TF32 for the convolutions: on by default on Ampere and newer (``tf32=None``);
-  ``tf32=False`` or ``DTP_FAST_TF32=0`` turns it off (for bitwise comparisons
-  with ``reference`` at float32 tolerances).
+- The GPU policy shared with the ``cuda`` backend (:mod:`dtp_fast.feedback.gpu`):
+  the tensors' device made current for the phase, TF32 for convolutions and
+  matrix products by one switch (``tf32``; default on for Ampere and newer,
+  ``DTP_FAST_TF32=0`` turns it off), ``deterministic=True`` for cuDNN's
+  deterministic algorithms. The loss reductions use no atomics.
 
 With a ``reduce`` hook (data-parallel runs) the chain runs iteration by
 iteration as in the ``torch`` engine, so every process all-reduces the same
@@ -32,8 +34,6 @@ them without a GPU.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
 from collections import OrderedDict
 
@@ -42,12 +42,9 @@ import torch
 from ...noise import CounterNoise, NoiseBlock
 from .torch import TorchBackend
 from ..engine import register_backend
+from ..gpu import GpuPolicy, _env_off
 
 __all__ = ["TritonBackend"]
-
-
-def _env_off(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
 
 
 class _ChainGraph:
@@ -62,7 +59,7 @@ class _ChainGraph:
         self.failed = None       # why capture failed, if it did
 
 
-class TritonBackend(TorchBackend):
+class TritonBackend(GpuPolicy, TorchBackend):
     """Autograd-free L-DRL with fused Triton kernels; CUDA only (see the module doc).
 
     Args:
@@ -71,16 +68,17 @@ class TritonBackend(TorchBackend):
             iteration and the chain can be graphed); see :func:`dtp_fast.feedback.resolve_budget`.
         cuda_graphs: capture the conv chain in a CUDA graph when shapes repeat
             (``DTP_FAST_CUDA_GRAPHS=0`` turns it off).
-        tf32: allow TF32 in the convolutions: None (default) means yes on compute
-            capability >= 8.0 unless ``DTP_FAST_TF32=0``.
+        tf32: TF32 in the convolutions and matrix products: None (default) means yes on
+            compute capability >= 8.0 unless ``DTP_FAST_TF32=0``.
+        deterministic: cuDNN's deterministic algorithms (bit-reproducible runs).
     """
     name = "triton"
 
     def __init__(self, memory_budget="auto", cuda_graphs: bool = True, tf32: bool | None = None,
-                 max_graphs: int = 2, block: int = 1024):
+                 deterministic: bool = False, max_graphs: int = 2, block: int = 1024):
         super().__init__(memory_budget=memory_budget)
         self.cuda_graphs = cuda_graphs
-        self.tf32 = tf32
+        self.tf32, self.deterministic = tf32, deterministic
         self.max_graphs = max_graphs
         self.block = block
         self._graphs: OrderedDict = OrderedDict()
@@ -106,30 +104,9 @@ class TritonBackend(TorchBackend):
     def workers(self, device, hparams, budget, blocks, batch, element_size) -> int:
         return 1  # layers interleaved on one stream (and one thread under the interpreter)
 
-    def tf32_enabled(self, device) -> bool:
-        """Whether the convolutions of a run on ``device`` may use TF32."""
-        if device.type != "cuda":
-            return False
-        if self.tf32 is not None:
-            return bool(self.tf32)
-        return not _env_off("DTP_FAST_TF32") and torch.cuda.get_device_capability(device) >= (8, 0)
-
-    @contextlib.contextmanager
-    def _tf32(self, device):
-        if device.type != "cuda":
-            yield
-            return
-        saved = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = self.tf32_enabled(device)
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = saved
-
     def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
               sample_offset=0, reduce=None):
-        device = acts[0].device
-        with self._tf32(device):
+        with self.gpu_context(acts[0].device):
             return super().train(net, acts, switches, hparams, state, noise, step, report,
                                  memory_budget=memory_budget, sample_offset=sample_offset, reduce=reduce)
 
@@ -263,7 +240,7 @@ class TritonBackend(TorchBackend):
             parts.append((i, tuple(lay.weight.shape), lay.weight.stride(), tuple(lay.x.shape), tuple(lay.y.shape),
                           tuple(lay.h0.shape), lay.hp, lay.batch, g.stride, g.padding, g.output_padding, g.dilation))
         dev = layers[conv[0]].weight.device
-        return dev, layers[conv[0]].weight.dtype, report, torch.backends.cudnn.allow_tf32, tuple(parts)
+        return dev, layers[conv[0]].weight.dtype, report, self.tf32_enabled(dev), self.deterministic, tuple(parts)
 
     def _run_conv(self, layers, conv, rows, most: int, report: str) -> None:
         from ...ops.triton.sgd import layer_scalars
@@ -325,7 +302,7 @@ class TritonBackend(TorchBackend):
         if entry.graph is None and entry.runs >= 1 and entry.failed is None:
             try:
                 graph = torch.cuda.CUDAGraph()
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(layers[conv[0]].weight.device)
                 # thread_local: other threads (e.g. a data prefetcher copying to the GPU) keep working
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     chain()

@@ -46,7 +46,7 @@ def available() -> bool:
             major, minor = (int(v) for v in triton.__version__.split(".")[:2])
             if (major, minor) < (3, 6):
                 _ERROR = f"triton {triton.__version__} is too old (>= 3.6 needed): pip install 'triton>=3.6'"
-            elif not all(hasattr(tl, f) for f in ("umulhi", "sqrt_rn", "div_rn", "debug_barrier", "atomic_add")):
+            elif not all(hasattr(tl, f) for f in ("umulhi", "sqrt_rn", "div_rn", "debug_barrier")):
                 _ERROR = f"triton {triton.__version__} lacks triton.language functions the kernels use"
         except Exception as err:  # noqa: BLE001 - any import failure means "not available"
             _ERROR = f"triton is not importable ({type(err).__name__}: {err}); install it with pip install 'triton>=3.6'"

@@ -11,12 +11,15 @@ With ``quad_k = wgrad(dh2_k, V * dh2_k)`` (``V C_k`` for a Linear block) and
 Kernels:
 
 ``ldrl_loss_(out, dr_y, A, V, scalars)``
-    Both terms of the loss in one reduction launch (atomically added to ``out``,
-    which must hold 0: the order of the additions is not fixed).
+    Both terms of the loss: one launch writes a partial sum per block, which
+    ``torch.sum`` then adds up in a fixed order (no atomics: the same bits on
+    every run).
 ``linear_chain_(V, buf, A, C, ...)``
     Every iteration of a Linear feedback block in one launch: each program owns a
     block of rows of V (rows are independent: row i of ``V C_k`` needs only row i
-    of V) and loops over the iterations, tiling ``V C_k`` over columns.
+    of V) and loops over the iterations, tiling ``V C_k`` over columns; each
+    program writes its share of every reported loss, summed afterwards in a fixed
+    order (no atomics).
 
 The momentum step of several layers at once is :func:`.sgd.momentum_step_`.
 Per-layer scalars are read from a small tensor of the compute dtype
@@ -36,13 +39,14 @@ __all__ = ["ldrl_loss_", "linear_chain_"]
 
 # ---------------------------------------------------------------------------- the loss
 @triton.jit
-def _loss_kernel(OUT, R, A, V, P, n_r, n_v, BLOCK: tl.constexpr):
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _loss_kernel(PART, R, A, V, P, n_r, n_v, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    i = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     r = tl.load(R + i, mask=i < n_r, other=0.0)
     a = tl.load(A + i, mask=i < n_v, other=0.0)
     v = tl.load(V + i, mask=i < n_v, other=0.0)
     part = tl.sum(r * r, axis=0) - 2.0 * tl.sum(a * v, axis=0)
-    tl.atomic_add(OUT, part * tl.load(P + LOSS_SCALE))
+    tl.store(PART + pid, part * tl.load(P + LOSS_SCALE))
 
 
 def ldrl_loss_(out: torch.Tensor, dr_y: torch.Tensor, A: torch.Tensor, V: torch.Tensor, scalars: torch.Tensor,
@@ -53,8 +57,10 @@ def ldrl_loss_(out: torch.Tensor, dr_y: torch.Tensor, A: torch.Tensor, V: torch.
     check_dense(V, "V")
     A = dense_like(A, V)
     n = max(dr_y.numel(), V.numel())
-    _loss_kernel[(triton.cdiv(n, block),)](out, dr_y, A, V, scalars, dr_y.numel(), V.numel(), BLOCK=block)
-    return out
+    grid = triton.cdiv(n, block)
+    parts = torch.empty(grid, dtype=out.dtype, device=out.device)
+    _loss_kernel[(grid,)](parts, dr_y, A, V, scalars, dr_y.numel(), V.numel(), BLOCK=block)
+    return out.add_(parts.sum())
 
 
 # ---------------------------------------------------------------------------- Linear blocks: one launch
@@ -62,9 +68,10 @@ def ldrl_loss_(out: torch.Tensor, dr_y: torch.Tensor, A: torch.Tensor, V: torch.
 def _linear_chain_kernel(V, BUF, A, C, G, LOSS, P, n_iters, loss_from, d_in, d_out,
                          BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr):
     """Rows [pid * BI, pid * BI + BI) of V for all n_iters iterations. V, BUF, G: (d_in, d_out),
-    A: (n, d_in, d_out), C: (n, d_out, d_out), all contiguous; LOSS[k] += the loss of
-    iteration k for k >= loss_from."""
-    rows = tl.program_id(0).to(tl.int64) * BI + tl.arange(0, BI)
+    A: (n, d_in, d_out), C: (n, d_out, d_out), all contiguous; LOSS[k, pid] = this program's
+    share of the loss of iteration k for k >= loss_from (LOSS: (n, programs))."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BI + tl.arange(0, BI)
     rmask = rows < d_in
     lr = tl.load(P + LR)
     mom = tl.load(P + MOMENTUM)
@@ -103,7 +110,7 @@ def _linear_chain_kernel(V, BUF, A, C, G, LOSS, P, n_iters, loss_from, d_in, d_o
             tl.store(V + off, tl.load(V + off, mask=m2, other=0.0) - lr * buf, mask=m2)
         tl.debug_barrier()  # V read by other threads in the next iteration
         if k >= loss_from:
-            tl.atomic_add(LOSS + k, (sq - 2.0 * dot) * ls)
+            tl.store(LOSS + k * tl.num_programs(0) + pid, (sq - 2.0 * dot) * ls)
         a_k += d_in * d_out
         c_k += d_out * d_out
 
@@ -131,13 +138,14 @@ def linear_chain_(V: torch.Tensor, buf: torch.Tensor, A: torch.Tensor, C: torch.
                              f"{tuple(t.shape)} {t.dtype}")
     if n == 0:
         return
-    if losses is None:
-        losses, loss_from = V.new_zeros(1), n  # never written
-    elif losses.numel() < n:
+    if losses is not None and losses.numel() < n:
         raise ValueError(f"linear_chain_: losses needs {n} entries, got {losses.numel()}")
-    loss_from = n if loss_from is None else loss_from
+    loss_from = n if losses is None or loss_from is None else loss_from
     scratch = torch.empty_like(V) if scratch is None else scratch
     bj = _tile(d_out, cols)
-    grid = (triton.cdiv(d_in, rows),)
-    _linear_chain_kernel[grid](V, buf, A, C, scratch, losses, scalars, n, loss_from, d_in, d_out,
-                               BI=max(16, rows), BJ=bj, BK=bj)
+    grid = triton.cdiv(d_in, rows)
+    parts = V.new_zeros(n if loss_from < n else 1, grid)   # each program's share of each reported loss
+    _linear_chain_kernel[(grid,)](V, buf, A, C, scratch, parts, scalars, n, loss_from, d_in, d_out,
+                                  BI=max(16, rows), BJ=bj, BK=bj)
+    if loss_from < n:
+        losses[loss_from:n] += parts[loss_from:].sum(1)

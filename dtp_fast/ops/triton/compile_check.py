@@ -50,7 +50,7 @@ def _specializations(quick: bool):
                                 "ACT": "constexpr", "CL": "constexpr", "HAS_EPS": "constexpr", "BLOCK": "constexpr"},
                                {**geo, "POOL": pooled, "ACT": act, "CL": True, "HAS_EPS": has_eps, "BLOCK": 1024},
                                nofma)
-        yield (f"loss {dt}", chain._loss_kernel, {"OUT": p, "R": p, "A": p, "V": p, "P": p, **ints("n_r", "n_v"),
+        yield (f"loss {dt}", chain._loss_kernel, {"PART": p, "R": p, "A": p, "V": p, "P": p, **ints("n_r", "n_v"),
                                                   "BLOCK": "constexpr"}, {"BLOCK": 4096}, {})
         for has_a in (True, False):
             sig = {}

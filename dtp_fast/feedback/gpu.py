@@ -1,0 +1,117 @@
+"""The GPU policy of the ``triton`` and ``cuda`` backends, in one place.
+
+Both backends run their feedback phase inside :meth:`GpuPolicy.gpu_context`:
+
+- **Device.** The tensors' CUDA device is made the current one for the phase
+  (``torch.cuda.device``), so that Triton launches, synchronisations, CUDA
+  graphs and their capture streams bind to it, not to device 0 (the compiled
+  CUDA ops guard their device themselves).
+- **TF32.** cuDNN convolutions and cuBLAS matrix products of the phase run in
+  TF32 or in IEEE float32, by one switch: ``tf32`` (``None``, the default: TF32
+  on compute capability 8.0 and newer unless ``DTP_FAST_TF32=0``). The switch
+  goes through torch's ``fp32_precision`` API only: the legacy ``allow_tf32``
+  flags raise on torch >= 2.9 once any code has used the new API.
+- **Determinism.** ``deterministic=True`` makes cuDNN pick deterministic
+  algorithms (``torch.backends.cudnn.deterministic``, benchmark off) and makes
+  the ``triton`` backend compute reported losses without atomics, so a run is
+  bit-reproducible from run to run on the same GPU. Its cost is unmeasured
+  (no GPU has been available): cuDNN's deterministic weight-gradient
+  algorithms can be slower.
+- **Loss precision.** Reported losses are reductions in float32 (float64
+  tensors: float64); the ``cuda`` backend's fused loss sums in float64.
+
+Everything here is plain Python around torch's flags, so it is tested on a CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+__all__ = ["GpuPolicy", "cuda_device", "fp32_precision", "full_float32", "cudnn_deterministic", "tf32_default"]
+
+
+def _env_off(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def tf32_default(device) -> bool:
+    """TF32 by default: on CUDA devices of compute capability >= 8.0, unless ``DTP_FAST_TF32=0``."""
+    device = torch.device(device)
+    return (device.type == "cuda" and not _env_off("DTP_FAST_TF32")
+            and torch.cuda.get_device_capability(device) >= (8, 0))
+
+
+def cuda_device(device):
+    """A context in which ``device`` (a CUDA device) is the current one; nothing for other devices."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def fp32_precision(tf32: bool):
+    """cuDNN convolutions and cuBLAS matrix products in TF32 (``tf32=True``) or IEEE float32 inside the
+    context, through torch's ``fp32_precision`` flags; the previous values are restored after."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    value = "tf32" if tf32 else "ieee"
+    conv.fp32_precision = matmul.fp32_precision = value
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
+@contextlib.contextmanager
+def full_float32():
+    """No TF32 anywhere inside: torch's own convolutions and matrix products (``reference``, ``torch``, the
+    activations) and the GPU backends' default (``DTP_FAST_TF32=0``). For comparisons at float32 tolerances."""
+    saved = os.environ.get("DTP_FAST_TF32")
+    os.environ["DTP_FAST_TF32"] = "0"
+    try:
+        with fp32_precision(False):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("DTP_FAST_TF32", None)
+        else:
+            os.environ["DTP_FAST_TF32"] = saved
+
+
+@contextlib.contextmanager
+def cudnn_deterministic(on: bool):
+    """cuDNN's deterministic algorithms (and no benchmark search) inside the context when ``on``."""
+    if not on:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
+
+
+class GpuPolicy:
+    """Mixin of the GPU backends: the ``tf32`` and ``deterministic`` switches (see the module doc)."""
+
+    tf32: bool | None = None
+    deterministic: bool = False
+
+    def tf32_enabled(self, device) -> bool:
+        """Whether the convolutions and matrix products of a run on ``device`` may use TF32."""
+        if torch.device(device).type != "cuda":
+            return False
+        return tf32_default(device) if self.tf32 is None else bool(self.tf32)
+
+    @contextlib.contextmanager
+    def gpu_context(self, device):
+        """The feedback phase's device, TF32 and determinism settings (nothing on a CPU)."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            yield
+            return
+        with cuda_device(device), fp32_precision(self.tf32_enabled(device)), cudnn_deterministic(self.deterministic):
+            yield

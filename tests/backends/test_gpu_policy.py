@@ -1,0 +1,90 @@
+"""The GPU policy of the triton and cuda backends (dtp_fast.feedback.gpu), checked on a CPU: the device made
+current for a launch, TF32 through the new fp32_precision API only, determinism, and the stopwatch's device."""
+import contextlib
+
+import pytest
+import torch
+
+from dtp_fast.feedback import CudaBackend, TritonBackend, gpu
+from dtp_fast.utils import Stopwatch
+
+
+@pytest.fixture
+def precision_flags():
+    """Restore torch's TF32 and cuDNN flags after the test."""
+    conv, mm, cudnn = torch.backends.cudnn.conv, torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = conv.fp32_precision, mm.fp32_precision, cudnn.deterministic, cudnn.benchmark
+    yield
+    conv.fp32_precision, mm.fp32_precision = saved[:2]
+    cudnn.deterministic, cudnn.benchmark = saved[2:]
+
+
+def test_tf32_switch_uses_only_the_new_api(precision_flags):
+    """A library set cuDNN's precision through the new API (reading the legacy allow_tf32 flag then raises on
+    torch >= 2.9): the switch still works, sets convolutions and matrix products, and restores both."""
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    with pytest.raises(RuntimeError, match="legacy and new"):
+        torch.backends.cudnn.allow_tf32           # what the backends read before
+    saved = torch.backends.cuda.matmul.fp32_precision
+    for tf32, value in ((True, "tf32"), (False, "ieee")):
+        with gpu.fp32_precision(tf32):
+            assert torch.backends.cudnn.conv.fp32_precision == value
+            assert torch.backends.cuda.matmul.fp32_precision == value
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == saved
+
+
+class _Recorder:
+    def __init__(self):
+        self.entered = []
+
+    def __call__(self, device):
+        @contextlib.contextmanager
+        def ctx():
+            self.entered.append(torch.device(device))
+            yield
+        return ctx()
+
+
+@pytest.mark.parametrize("backend", [TritonBackend, CudaBackend])
+@pytest.mark.parametrize("tf32,deterministic", [(None, False), (False, True), (True, False)])
+def test_gpu_context_makes_the_tensors_device_current_with_one_policy(backend, tf32, deterministic, monkeypatch,
+                                                                       precision_flags):
+    """Both backends run on the tensors' device (cuda:1 here, not the current device 0), with the TF32 switch
+    (default: on for compute capability >= 8.0) and cuDNN determinism as asked, all restored after."""
+    devices = _Recorder()
+    monkeypatch.setattr(gpu.torch.cuda, "device", devices)
+    monkeypatch.setattr(gpu.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.delenv("DTP_FAST_TF32", raising=False)
+    impl = backend(tf32=tf32, deterministic=deterministic)
+    before = torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.deterministic
+    with impl.gpu_context(torch.device("cuda", 1)):
+        assert devices.entered == [torch.device("cuda", 1)]
+        assert torch.backends.cudnn.conv.fp32_precision == ("ieee" if tf32 is False else "tf32")
+        assert torch.backends.cudnn.deterministic is deterministic
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.deterministic) == before
+    with impl.gpu_context(torch.device("cpu")):      # nothing on a CPU
+        assert len(devices.entered) == 1
+
+
+def test_tf32_default_follows_the_capability_and_the_environment(monkeypatch):
+    monkeypatch.setattr(gpu.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.delenv("DTP_FAST_TF32", raising=False)
+    assert gpu.tf32_default("cuda:0") and not gpu.tf32_default("cpu")
+    monkeypatch.setenv("DTP_FAST_TF32", "0")
+    assert not gpu.tf32_default("cuda:0")
+    monkeypatch.delenv("DTP_FAST_TF32")
+    monkeypatch.setattr(gpu.torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    assert not gpu.tf32_default("cuda:0")
+
+
+def test_stopwatch_synchronizes_its_own_device(monkeypatch):
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    watch = Stopwatch(torch.device("cuda", 1))
+    with watch("phase"):
+        pass
+    assert synced == [torch.device("cuda", 1)] * 2 and "phase" in watch.totals
+    with Stopwatch(torch.device("cuda", 1), sync=False)("phase"):
+        pass
+    assert len(synced) == 2
