@@ -30,12 +30,16 @@ AUTO_BUDGET_MAX = 8 * 2**30
 
 def auto_memory_budget(device) -> tuple[int, int]:
     """``(budget, available)`` in bytes for ``device``: the budget is :data:`AUTO_BUDGET_SHARE` of the
-    memory available (free GPU memory, or the host's available memory within its cgroup limit), rounded
-    down to a power of two (so that the chunks, which it sizes, do not change from batch to batch as the
-    free memory moves a little), at most :data:`AUTO_BUDGET_MAX`."""
+    memory available (on a GPU: free memory plus what torch's caching allocator holds unused, so that the
+    blocks it keeps after the first batch do not shrink the budget of the next; on a CPU: the host's
+    available memory within its cgroup limit), rounded down to a power of two (so that the chunks, which it
+    sizes, do not change from batch to batch as the free memory moves a little), at most
+    :data:`AUTO_BUDGET_MAX`."""
     device = torch.device(device)
     if device.type == "cuda":
-        available, _ = torch.cuda.mem_get_info(device)
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        available = free + max(0, cached)
     else:
         available = available_memory()
     share = int(available * AUTO_BUDGET_SHARE)

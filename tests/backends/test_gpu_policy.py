@@ -88,3 +88,30 @@ def test_stopwatch_synchronizes_its_own_device(monkeypatch):
     with Stopwatch(torch.device("cuda", 1), sync=False)("phase"):
         pass
     assert len(synced) == 2
+
+
+def test_the_auto_budget_and_the_graph_decision_survive_the_caching_allocator(monkeypatch):
+    """After the first batch torch's caching allocator keeps its blocks, so the free GPU memory shrinks: the
+    auto budget counts those cached blocks as available, so the chunks (and with them the decision to graph
+    the whole chain) stay those of the first batch. A 40 GiB GPU, SimpleVGG at half width and ImageNet32's
+    batch 256: 8 GiB hold every iteration, 4 GiB (what a quarter of the free memory alone gives on the second
+    batch) would split them into chunks, and the chain would never be graphed."""
+    import dtp_fast
+    from dtp_fast.feedback import memory
+
+    net = dtp_fast.simple_vgg((3, 32, 32), 1000, channels=(64, 64, 128, 128, 256))
+    cfg = dtp_fast.FeedbackConfig(iterations=[25, 35, 40, 60, 25])
+    hp, blocks = cfg.resolve(net.feedback_names), net.block_list()[1:]
+    gib = 2**30
+
+    def plan(free, reserved, allocated):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 40 * gib))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
+        need = memory.minimum_memory_budget(blocks, hp, 256, 4)
+        budget = memory.resolve_budget("auto", "cuda:0", need)
+        return budget, memory.plan_chunk(blocks, net.feedback_names, hp, 256, 4, budget)
+
+    first = plan(39 * gib, 0, 0)
+    assert first == (8 * gib, 60)                       # a quarter of 39 GiB, capped; every iteration in one chunk
+    assert plan(19 * gib, 20 * gib, 1 * gib) == first   # 20 GiB cached, 1 GiB of it in use

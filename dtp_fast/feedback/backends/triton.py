@@ -83,6 +83,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
         self.block = block
         self._graphs: OrderedDict = OrderedDict()
         self._current: _ChainGraph | None = None
+        self._warned: set = set()
         #: how the last call ran its conv chain: "graph-capture", "graph-replay", "eager (...)"
         self.last_chain = None
 
@@ -246,6 +247,11 @@ class TritonBackend(GpuPolicy, TorchBackend):
         from ...ops.triton.sgd import layer_scalars
 
         why = self._graphable(layers, conv)
+        if why is not None and "memory budget" in why and why not in self._warned:
+            self._warned.add(why)      # once per reason: every batch of this shape runs eagerly
+            warnings.warn(f"dtp_fast triton backend: the feedback chain runs without a CUDA graph because {why}; "
+                          f"raise the feedback memory budget (--feedback-memory) to graph it", RuntimeWarning,
+                          stacklevel=2)
         if why is not None:
             table = layer_scalars(rows, layers[conv[0]].weight)
             losses = layers[conv[0]].weight.new_zeros(len(layers), most)
