@@ -181,8 +181,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "unknown"
 
 
-def _paths(out_dir: pathlib.Path, device_name: str, date: str) -> tuple[pathlib.Path, pathlib.Path]:
-    stem = f"gpu-check-{_slug(device_name)}-{date}"
+def _paths(out_dir: pathlib.Path, device_name: str, date: str, label: str = "") -> tuple[pathlib.Path, pathlib.Path]:
+    stem = f"gpu-check-{_slug(device_name)}-{date}" + (f"-{_slug(label)}" if label else "")
     n = 1
     while (out_dir / f"{stem}.json").exists():
         n += 1
@@ -250,6 +250,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:1, or cpu for a smoke run")
     p.add_argument("--width", type=float, default=1.0, help="SimpleVGG width for the timings (default 1: the paper's)")
     p.add_argument("--batch-size", type=int, default=128, help="batch for the timings (default 128)")
+    p.add_argument("--iterations", default=None,
+                   help="feedback iterations per layer for the timings, comma-separated (default: the paper's "
+                        "CIFAR-10 ones, 20,30,35,55,20; ImageNet32: 25,35,40,60,25)")
+    p.add_argument("--label", default="", help="added to the output file names (e.g. cifar10, imagenet32)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5, --quick 1)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 feedback iterations per layer in the timings, 1 repeat, no TF32 check")
@@ -258,7 +262,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON and markdown")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
-    from dtp_fast.utils import atomic_write_json, atomic_write_text, resolve_device, versions
+    from dtp_fast.utils import atomic_write_json, atomic_write_text, origin, resolve_device, versions
 
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
@@ -269,11 +273,12 @@ def main(argv=None) -> int:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = _paths(out_dir, device_name, date)
+    json_path, md_path = _paths(out_dir, device_name, date, args.label)
     _log(f"{device_name} ({device}); dtp_fast from {pathlib.Path(bench.__file__).parent}; usable backends: "
          f"{', '.join(usable)}; unusable: " + "; ".join(f"{n} ({why})" for n, (ok, why) in
                                                        available_backends(device).items() if not ok))
-    res = {"check": "gpu_check", "date": date, "device": device_name, "torch_device": str(device),
+    res = {"check": "gpu_check", "label": args.label, **origin(), "date": date, "device": device_name,
+           "torch_device": str(device),
            "cuda_version": torch.version.cuda, "versions": versions(),
            "gpu": ({"name": device_name, "capability": list(torch.cuda.get_device_capability(device)),
                     "memory_bytes": torch.cuda.get_device_properties(device).total_memory} if on_gpu else None),
@@ -301,7 +306,9 @@ def main(argv=None) -> int:
     res["excluded_from_timings"] = broken
     _log("3/3 timings" + (f" (without {', '.join(broken)}, which raised)" if broken else ""))
     ns = argparse.Namespace(net="simple_vgg", width=args.width, batch_size=args.batch_size,
-                            iterations=[2] if args.quick else None, backends=",".join(timed),
+                            iterations=[2] if args.quick else (
+                                [int(v) for v in args.iterations.split(",")] if args.iterations else None),
+                            backends=",".join(timed),
                             per_layer=args.per_layer, repeats=args.repeats or (1 if args.quick else 5),
                             device=str(device), dtype="float32", memory_budget="default", threads=None, seed=0,
                             json=None, markdown=None, plot=None, quiet=False)

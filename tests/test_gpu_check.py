@@ -24,3 +24,24 @@ def test_gpu_check_runs_on_cpu_in_one_command(tmp_path):
     for r in res["results"]:
         assert {"backend", "feedback_seconds", "speedup_vs_reference", "peak_memory_bytes"} <= set(r)
     assert "| feedback phase, `reference` |" in (tmp_path / files[1]).read_text()
+
+
+def test_the_prepared_gpu_check_script_runs_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh, the one command a person with a GPU runs, in its reduced CPU form (no build):
+    the gpu tests (all skipped here), then the CIFAR-10 and ImageNet32 checks, each with JSON and markdown."""
+    import os
+
+    env = dict(os.environ, GPU_CHECK_SKIP_BUILD="1", PYTHON=sys.executable)
+    cmd = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--device", "cpu", "--width", "0.125",
+           "--batch-size", "4", "--quick"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    for label in ("cifar10", "imagenet32"):
+        found = [n for n in names if n.endswith(f"-{label}.json")]
+        assert len(found) == 1, names
+        res = json.loads((tmp_path / found[0]).read_text())
+        assert res["label"] == label and res["commit"] and res["command"].startswith("python benchmarks/gpu_check.py")
+        assert (tmp_path / found[0].replace(".json", ".md")).exists()
+    assert "gpu test(s) skipped" in (tmp_path / "gpu-tests.log").read_text()
+    assert "backend" in (tmp_path / "info.txt").read_text()

@@ -11,9 +11,10 @@ Both backends run their feedback phase inside :meth:`GpuPolicy.gpu_context`:
   on compute capability 8.0 and newer unless ``DTP_FAST_TF32=0``). The switch
   goes through torch's ``fp32_precision`` API only: the legacy ``allow_tf32``
   flags raise on torch >= 2.9 once any code has used the new API.
-- **Determinism.** ``deterministic=True`` makes cuDNN pick deterministic
-  algorithms (``torch.backends.cudnn.deterministic``, benchmark off) and makes
-  the ``triton`` backend compute reported losses without atomics, so a run is
+- **Determinism.** ``deterministic=True`` (or ``DTP_FAST_DETERMINISTIC=1``
+  when it is left at ``None``, the default) makes cuDNN pick deterministic
+  algorithms (``torch.backends.cudnn.deterministic``, benchmark off); the
+  backends' own kernels use no float atomics in any case, so a run is then
   bit-reproducible from run to run on the same GPU. Its cost is unmeasured
   (no GPU has been available): cuDNN's deterministic weight-gradient
   algorithms can be slower.
@@ -98,7 +99,13 @@ class GpuPolicy:
     """Mixin of the GPU backends: the ``tf32`` and ``deterministic`` switches (see the module doc)."""
 
     tf32: bool | None = None
-    deterministic: bool = False
+    deterministic: bool | None = None
+
+    def deterministic_enabled(self) -> bool:
+        """Whether cuDNN's deterministic algorithms are asked for (``DTP_FAST_DETERMINISTIC=1`` when ``None``)."""
+        if self.deterministic is None:
+            return os.environ.get("DTP_FAST_DETERMINISTIC", "").strip().lower() in ("1", "true", "yes", "on")
+        return bool(self.deterministic)
 
     def tf32_enabled(self, device) -> bool:
         """Whether the convolutions and matrix products of a run on ``device`` may use TF32."""
@@ -113,5 +120,5 @@ class GpuPolicy:
         if device.type != "cuda":
             yield
             return
-        with cuda_device(device), fp32_precision(self.tf32_enabled(device)), cudnn_deterministic(self.deterministic):
+        with cuda_device(device), fp32_precision(self.tf32_enabled(device)), cudnn_deterministic(self.deterministic_enabled()):
             yield

@@ -115,3 +115,12 @@ def test_the_auto_budget_and_the_graph_decision_survive_the_caching_allocator(mo
     first = plan(39 * gib, 0, 0)
     assert first == (8 * gib, 60)                       # a quarter of 39 GiB, capped; every iteration in one chunk
     assert plan(19 * gib, 20 * gib, 1 * gib) == first   # 20 GiB cached, 1 GiB of it in use
+
+
+def test_determinism_from_the_environment_when_not_set(monkeypatch):
+    impl = TritonBackend()
+    monkeypatch.delenv("DTP_FAST_DETERMINISTIC", raising=False)
+    assert impl.deterministic_enabled() is False
+    monkeypatch.setenv("DTP_FAST_DETERMINISTIC", "1")
+    assert impl.deterministic_enabled() is True
+    assert TritonBackend(deterministic=False).deterministic_enabled() is False

@@ -119,7 +119,8 @@ class CudaBackend(GpuPolicy, TorchBackend):
             return False, problem
         return True, "autograd-free analytic gradient with fused CUDA kernels from dtp_fast._C"
 
-    def __init__(self, memory_budget="auto", threads=None, tf32: bool | None = None, deterministic: bool = False):
+    def __init__(self, memory_budget="auto", threads=None, tf32: bool | None = None,
+                 deterministic: bool | None = None):
         super().__init__(memory_budget=memory_budget, threads=threads)
         self.tf32, self.deterministic = tf32, deterministic
 

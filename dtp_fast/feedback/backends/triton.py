@@ -20,8 +20,8 @@ What runs where, per batch:
 - The GPU policy shared with the ``cuda`` backend (:mod:`dtp_fast.feedback.gpu`):
   the tensors' device made current for the phase, TF32 for convolutions and
   matrix products by one switch (``tf32``; default on for Ampere and newer,
-  ``DTP_FAST_TF32=0`` turns it off), ``deterministic=True`` for cuDNN's
-  deterministic algorithms. The loss reductions use no atomics.
+  ``DTP_FAST_TF32=0`` turns it off), ``deterministic=True`` (``DTP_FAST_DETERMINISTIC=1``) for
+  cuDNN's deterministic algorithms. The loss reductions use no atomics.
 
 With a ``reduce`` hook (data-parallel runs) the chain runs iteration by
 iteration as in the ``torch`` engine, so every process all-reduces the same
@@ -75,7 +75,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
     name = "triton"
 
     def __init__(self, memory_budget="auto", cuda_graphs: bool = True, tf32: bool | None = None,
-                 deterministic: bool = False, max_graphs: int = 2, block: int = 1024):
+                 deterministic: bool | None = None, max_graphs: int = 2, block: int = 1024):
         super().__init__(memory_budget=memory_budget)
         self.cuda_graphs = cuda_graphs
         self.tf32, self.deterministic = tf32, deterministic
@@ -241,7 +241,8 @@ class TritonBackend(GpuPolicy, TorchBackend):
             parts.append((i, tuple(lay.weight.shape), lay.weight.stride(), tuple(lay.x.shape), tuple(lay.y.shape),
                           tuple(lay.h0.shape), lay.hp, lay.batch, g.stride, g.padding, g.output_padding, g.dilation))
         dev = layers[conv[0]].weight.device
-        return dev, layers[conv[0]].weight.dtype, report, self.tf32_enabled(dev), self.deterministic, tuple(parts)
+        return (dev, layers[conv[0]].weight.dtype, report, self.tf32_enabled(dev), self.deterministic_enabled(),
+                tuple(parts))
 
     def _run_conv(self, layers, conv, rows, most: int, report: str) -> None:
         from ...ops.triton.sgd import layer_scalars

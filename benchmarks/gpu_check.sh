@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The prepared GPU check: one command for whoever has a GPU at hand (about 8 minutes on one H100/H200,
+# build included; no network, no data sets):
+#
+#   bash benchmarks/gpu_check.sh OUT_DIR
+#
+# 1. builds dtp_fast._C in place with its CUDA kernels for one architecture (TORCH_CUDA_ARCH_LIST, default
+#    9.0; DTP_FAST_FORCE_CUDA=1: fails if the CUDA kernels cannot be built), against the installed torch;
+# 2. runs the tests that need a GPU (pytest -m gpu): the CUDA and compiled Triton cases of every op and backend;
+# 3. runs benchmarks/gpu_check.py twice: every backend against reference, TF32, and the timings of the feedback
+#    phase per backend, a whole L-DRL step and a backprop step, at the paper's CIFAR-10 shapes (SimpleVGG full
+#    width, batch 128, iterations 20,30,35,55,20) and ImageNet32 shapes (batch 256, iterations 25,35,40,60,25).
+#
+# Everything lands in OUT_DIR: build.log, gpu-tests.log (and .xml), gpu-check-<GPU>-<date>-{cifar10,imagenet32}
+# .json/.md. Exit status 0 when every step passed. Extra arguments go to gpu_check.py (the test suite runs this
+# script on a CPU with: --device cpu --width 0.125 --batch-size 4 --quick, and GPU_CHECK_SKIP_BUILD=1).
+set -uo pipefail
+OUT=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [gpu_check.py options]}
+shift
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+status=0
+step() { echo "[gpu_check.sh $(date +%H:%M:%S)] $*" >&2; }
+
+if [ "${GPU_CHECK_SKIP_BUILD:-0}" != 1 ]; then
+  step "1/3 build (TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0})"
+  if ! TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} DTP_FAST_FORCE_CUDA=1 \
+      "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+    tail -n 30 "$OUT/build.log" >&2
+    step "build failed: see $OUT/build.log"
+    exit 1
+  fi
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+"$PY" -m dtp_fast.cli info >"$OUT/info.txt" 2>&1 || status=1
+
+step "2/3 pytest -m gpu"
+"$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml "$OUT/gpu-tests.xml" >"$OUT/gpu-tests.log" 2>&1 || status=1
+tail -n 3 "$OUT/gpu-tests.log" >&2
+
+step "3/3 every backend against reference, and timings"
+"$PY" benchmarks/gpu_check.py --out "$OUT" --label cifar10 --batch-size 128 "$@" || status=1
+"$PY" benchmarks/gpu_check.py --out "$OUT" --label imagenet32 --batch-size 256 --iterations 25,35,40,60,25 "$@" \
+  || status=1
+step "done (status $status): results in $OUT"
+exit $status
