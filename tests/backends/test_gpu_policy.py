@@ -124,3 +124,26 @@ def test_determinism_from_the_environment_when_not_set(monkeypatch):
     monkeypatch.setenv("DTP_FAST_DETERMINISTIC", "1")
     assert impl.deterministic_enabled() is True
     assert TritonBackend(deterministic=False).deterministic_enabled() is False
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_deterministic_runs_are_bit_identical_on_a_gpu(backend, monkeypatch):
+    """deterministic=True: two runs of the same feedback phases give the same bits (weights, momentum, losses)."""
+    from dtp_fast.feedback import FeedbackConfig, available_backends, get_backend
+    from helpers import feedback_run, tiny_net
+
+    ok, why = available_backends("cuda").get(backend, (False, "not registered"))
+    if not ok:
+        pytest.skip(why)
+    impl = get_backend(backend, "cuda")
+    monkeypatch.setattr(impl, "deterministic", True)
+    torch.manual_seed(0)
+    net = tiny_net(kernel=5, pool=(3, 2, 1)).cuda()
+    x = torch.randn(8, *net.in_shape, device="cuda")
+    cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
+    (n1, s1, l1), (n2, s2, l2) = (feedback_run(net, x, cfg, backend, steps=3) for _ in range(2))
+    for name in net.feedback_names:
+        assert torch.equal(n1.blocks[name].g_op.weight, n2.blocks[name].g_op.weight), name
+        assert torch.equal(s1.buffers[f"{name}.weight"], s2.buffers[f"{name}.weight"]), name
+    assert l1 == l2
