@@ -359,6 +359,8 @@ class Trainer:
         n = correct = 0
         loss_sum = 0.0
         fb_loss: dict = {}
+        fb_iters: dict = {}          # feedback iterations spent per layer this epoch
+        paper = sum(hp.iterations for hp in self.fb_hparams) if self.fb_hparams else 0   # per batch
         bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
         comm0 = self.dist.comm_seconds
@@ -372,13 +374,16 @@ class Trainer:
             for name, s in r["feedback"].items():
                 if s["loss"] is not None:
                     fb_loss[name] = s["loss"]
+                fb_iters[name] = fb_iters.get(name, 0) + s["iterations"]
             bar.update(1)
             if b % 5 == 0 or b == len(self.train_loader) - 1:
                 fb, fw = watch.get("feedback"), watch.get("forward")
                 elapsed = time.perf_counter() - t0
+                budget = (f"  {100 * sum(fb_iters.values()) / (paper * (b + 1)):.0f}% of the paper's feedback "
+                          f"iterations" if paper else "")
                 bar.set_postfix_str(f"loss {loss_sum / n:.3f}  acc {correct / n:.3f}  {n / elapsed:.0f} img/s  "
                                     f"feedback {100 * fb / max(fb + fw, 1e-9):.0f}% / forward "
-                                    f"{100 * fw / max(fb + fw, 1e-9):.0f}%")
+                                    f"{100 * fw / max(fb + fw, 1e-9):.0f}%{budget}")
         bar.close()
         (correct,) = self.dist.sum_([correct])
         seconds = time.perf_counter() - t0
@@ -388,10 +393,15 @@ class Trainer:
         for key, v in (("train_seconds", seconds), ("feedback_seconds", watch.get("feedback")),
                        ("forward_seconds", watch.get("forward")), ("comm_seconds", comm), ("images", n)):
             self.totals[key] += v
+        spent = self.totals.setdefault("feedback_iterations", {})
+        for name, k in fb_iters.items():
+            spent[name] = spent.get(name, 0) + k
         record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": loss_sum / n,
                   "train_accuracy": correct / n, "epoch_seconds": seconds,
                   "feedback_seconds": watch.get("feedback"), "forward_seconds": watch.get("forward"),
                   "images_per_second": n / seconds, "feedback_loss": fb_loss}
+        if fb_iters:
+            record["feedback_iterations"] = fb_iters
         if self.dist.enabled:
             record.update(ranks=self.dist.world, comm_seconds=comm)
         return record
@@ -489,6 +499,8 @@ class Trainer:
             "images_per_second": t["images"] / t["train_seconds"] if t["train_seconds"] else None,
             "train_seconds": t["train_seconds"],
             "feedback_seconds": t["feedback_seconds"],
+            "feedback_iterations": {"total": sum(t.get("feedback_iterations", {}).values()),
+                                    "per_layer": dict(t.get("feedback_iterations", {}))},
             "forward_seconds": t["forward_seconds"],
             "comm_seconds": t.get("comm_seconds", 0.0),
             "ranks": self.dist.world,

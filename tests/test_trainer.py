@@ -167,3 +167,19 @@ def test_train_step_needs_neither_a_data_set_nor_a_stopwatch():
         bare.fit()
     with pytest.raises(ValueError, match="needs a data set"):
         bare.evaluate()
+
+
+def test_feedback_iterations_are_counted_per_epoch_and_over_a_resumed_run(tmp_path):
+    """metrics.jsonl records the feedback iterations spent per layer each epoch; summary.json their totals,
+    across a resume (the counts live in the checkpoint); backprop spends none."""
+    part = make_run("lenet", "digits", algo="ldrl", out=tmp_path / "run", **QUICK)
+    part.fit(stop_after=1)
+    resumed = make_run("lenet", "digits", algo="ldrl", out=tmp_path / "run", resume=True, **QUICK)
+    summary = resumed.fit()
+    paper = {name: hp.iterations for name, hp in zip(resumed.net.feedback_names, resumed.fb_hparams)}
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["feedback_iterations"] for line in lines] == [{k: 3 * v for k, v in paper.items()}] * 2
+    assert summary["feedback_iterations"] == {"total": 6 * sum(paper.values()),
+                                              "per_layer": {k: 6 * v for k, v in paper.items()}}
+    bp = make_run("lenet", "digits", algo="bp", out=tmp_path / "bp", **QUICK).fit()
+    assert bp["feedback_iterations"] == {"total": 0, "per_layer": {}}
