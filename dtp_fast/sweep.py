@@ -85,13 +85,12 @@ def _stored(run_dir: Path) -> dict | None:
                 "preset": summary.get("preset"), "dataset": summary.get("dataset"),
                 "checkpoint": ckpt_path.is_file()}
     if ckpt_path.is_file():
-        import torch
+        from .utils import CheckpointError, load_checkpoint
 
         try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise SweepError(f"the checkpoint {ckpt_path} is unreadable ({err}); delete {run_dir} to "
-                             f"retrain that run") from None
+            ckpt = load_checkpoint(ckpt_path)
+        except CheckpointError as err:
+            raise SweepError(f"{err}; delete {run_dir} to retrain that run") from None
         info = ckpt.get("info") or {}
         return {"summary": None, "config": ckpt.get("config") or {}, "arch": info.get("arch") or {},
                 "preset": info.get("preset"), "dataset": info.get("dataset"), "checkpoint": True}

@@ -20,7 +20,8 @@ from .dtp import bp_loss, dtp_loss
 from .family import TARGET_RULES, ensure_direct_feedback, train_family_feedback
 from .feedback import FeedbackConfig, FeedbackState, resolve_backend, train_feedback
 from .noise import CounterNoise, NoiseSource
-from .utils import Stopwatch, atomic_save, atomic_write_json, origin, resolve_device, versions
+from .utils import (CheckpointError, Stopwatch, atomic_save, atomic_write_json, load_checkpoint, origin,
+                    resolve_device, versions)
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME"]
 
@@ -215,9 +216,9 @@ class Trainer:
         if not path.exists():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
         try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as err:
-            raise RuntimeError(f"cannot resume: the checkpoint {path} is unreadable ({err})") from err
+            ckpt = load_checkpoint(path, map_location=self.device)
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot resume: {err}") from None
         if ckpt.get("config", {}).get("algo") != self.config.algo:
             raise ValueError(f"cannot resume: {path} was trained with algo={ckpt['config'].get('algo')!r}, "
                              f"not {self.config.algo!r}")

@@ -39,6 +39,31 @@ def atomic_save(obj, path) -> None:
     _atomic(path, lambda fh: torch.save(obj, fh))
 
 
+class CheckpointError(ValueError):
+    """A file that is not a readable dtp_fast checkpoint (the message names it and says why)."""
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint without running anything it holds: ``torch.load(..., weights_only=True)``, which
+    only rebuilds tensors and plain containers and numbers. A file whose pickle asks for anything else (code
+    to run, foreign classes), a truncated or unreadable file, or one that holds no dict raises
+    :class:`CheckpointError` naming the file."""
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} is not a dtp_fast checkpoint: it holds objects a checkpoint never contains, "
+                              f"so it was not loaded (nothing in it ran). Delete it or check where it came from. "
+                              f"({str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - truncated, not a zip, permissions, ...
+        raise CheckpointError(f"the checkpoint {path} is unreadable ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a dtp_fast checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+    return ckpt
+
+
 def atomic_write_text(text: str, path) -> None:
     _atomic(path, lambda fh: fh.write(text.encode()))
 

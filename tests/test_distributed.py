@@ -14,6 +14,7 @@ import torch
 from dtp_fast.api import make_run
 from dtp_fast.data import Loader, load_dataset
 from dtp_fast.distributed import Distributed
+from dtp_fast.utils import load_checkpoint
 
 RUN = dict(preset="lenet", dataset="digits", dtype="float64", batch_size=8, limit_batches=3, progress=False,
            diagnostics=False, feedback_iters=[3, 2, 4], epochs=1)
@@ -137,7 +138,7 @@ def test_bad_world_size_disagreeing_ranks_and_a_dying_rank(tmp_path):
     assert list(errors) == [0], errors
     assert "DistributedError" in errors[0] and "another rank has probably stopped" in errors[0]
     assert "after epoch 1) is intact: restart every rank with --resume" in errors[0]
-    ckpt = torch.load(tmp_path / "dies" / "checkpoint.pt", weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "dies" / "checkpoint.pt")
     assert ckpt["epoch"] == 1
 
 

@@ -183,3 +183,37 @@ def test_feedback_iterations_are_counted_per_epoch_and_over_a_resumed_run(tmp_pa
                                               "per_layer": {k: 6 * v for k, v in paper.items()}}
     bp = make_run("lenet", "digits", algo="bp", out=tmp_path / "bp", **QUICK).fit()
     assert bp["feedback_iterations"] == {"total": 0, "per_layer": {}}
+
+
+class _Planted:
+    """A pickle that runs a command when loaded without weights_only (what an attacker would plant)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_planted_checkpoint_runs_no_code_on_resume_or_in_sweep(tmp_path):
+    """A checkpoint.pt whose pickle would call os.system: --resume and sweep's inspection of the folder refuse it
+    with a message that says it is not a dtp_fast checkpoint, and the command never runs."""
+    from dtp_fast.sweep import SweepError, _stored
+    from dtp_fast.utils import CheckpointError
+
+    run = tmp_path / "run"
+    first = make_run("lenet", "digits", algo="ldrl", out=run, **dict(QUICK, epochs=1))
+    first.fit()
+    marker = tmp_path / "pwned"
+    torch.save({"net": _Planted(marker)}, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not a dtp_fast checkpoint.*nothing in it ran"):
+        make_run("lenet", "digits", algo="ldrl", out=run, resume=True, **QUICK)
+    (run / "summary.json").unlink()                  # sweep then inspects the checkpoint itself
+    with pytest.raises(SweepError, match="not a dtp_fast checkpoint"):
+        _stored(run)
+    assert not marker.exists()
+    (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        make_run("lenet", "digits", algo="ldrl", out=run, resume=True, **QUICK)
