@@ -233,14 +233,7 @@ class Trainer:
                           + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        t_max = self.config.t_max or self.config.epochs
-        if self.scheduler.T_max != t_max:    # --epochs changed: the cosine of the new period, from here on
-            sched = self.scheduler
-            sched.T_max = t_max
-            for group, base in zip(self.optimizer.param_groups, sched.base_lrs):
-                group["lr"] = sched.eta_min + (base - sched.eta_min) * (
-                    1 + math.cos(math.pi * min(sched.last_epoch, t_max) / t_max)) / 2
-            sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._apply_optimizer_settings()
         self.fb_state.load_state_dict(ckpt["feedback_state"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.saved_epoch = self.epoch
@@ -251,6 +244,23 @@ class Trainer:
             keep = [line for line in metrics.read_text().splitlines()
                     if line.strip() and json.loads(line).get("epoch", 0) <= self.epoch]
             metrics.write_text("".join(line + "\n" for line in keep))
+
+    def _apply_optimizer_settings(self) -> None:
+        """After a resume: the run's settings replace those the checkpoint's optimizer and scheduler hold
+        (learning rate, momentum, weight decay, the cosine's period and floor), from the resumed epoch on;
+        the momentum buffers and the schedule's position are kept."""
+        cfg, sched = self.config, self.scheduler
+        for group in self.optimizer.param_groups:
+            group.update(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        schedule = (cfg.t_max or cfg.epochs, cfg.eta_min, [cfg.lr] * len(sched.base_lrs))
+        if schedule == (sched.T_max, sched.eta_min, sched.base_lrs):
+            return      # the schedule as saved: its learning rate untouched (a resume stays bit-identical)
+        sched.T_max, sched.eta_min, sched.base_lrs = schedule
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = cfg.lr
+            group["lr"] = cfg.eta_min + (cfg.lr - cfg.eta_min) * (
+                1 + math.cos(math.pi * min(sched.last_epoch, sched.T_max) / sched.T_max)) / 2
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     # ------------------------------------------------------------------ steps
     def _check_finite(self, value: torch.Tensor | float, what: str, batch: int) -> None:

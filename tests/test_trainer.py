@@ -217,3 +217,29 @@ def test_a_planted_checkpoint_runs_no_code_on_resume_or_in_sweep(tmp_path):
     (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match="unreadable"):
         make_run("lenet", "digits", algo="ldrl", out=run, resume=True, **QUICK)
+
+
+def test_a_resume_applies_the_settings_it_records(tmp_path):
+    """--resume --lr X (and momentum, weight decay): the optimizer uses them from the resumed epoch on, on the
+    cosine schedule's current position, and the metrics record the learning rate that was used."""
+    import math
+    import shutil
+
+    kw = dict(QUICK, epochs=3)
+    make_run("lenet", "digits", algo="bp", out=tmp_path / "r", **kw).fit(stop_after=1)
+    shutil.copytree(tmp_path / "r", tmp_path / "plain")
+    plain = make_run("lenet", "digits", algo="bp", out=tmp_path / "plain", resume=True, **kw)
+    base = plain.config.lr
+    with pytest.warns(UserWarning, match=f"lr: {base} -> 0.01"):
+        changed = make_run("lenet", "digits", algo="bp", out=tmp_path / "r", resume=True,
+                           **dict(kw, lr=0.01, momentum=0.5, weight_decay=0.0))
+    group, eta = changed.optimizer.param_groups[0], changed.config.eta_min
+    resumed_lr = eta + (0.01 - eta) * (1 + math.cos(math.pi / 3)) / 2
+    assert group["lr"] == pytest.approx(resumed_lr)
+    assert (group["momentum"], group["weight_decay"]) == (0.5, 0.0)
+    assert plain.optimizer.param_groups[0]["lr"] == pytest.approx(eta + (base - eta) * (1 + math.cos(math.pi / 3)) / 2)
+    changed.fit()
+    plain.fit()                                           # the same epochs with the checkpoint's settings
+    lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["lr"] == pytest.approx(base) and lines[1]["lr"] == pytest.approx(resumed_lr)
+    assert any(not torch.equal(v, plain.net.state_dict()[k]) for k, v in changed.net.state_dict().items())
