@@ -172,6 +172,11 @@ class Trainer:
         elif self.out is not None and (self.out / CHECKPOINT_NAME).exists():
             raise FileExistsError(f"{self.out} already holds a run ({CHECKPOINT_NAME}); pass resume=True "
                                   f"(--resume) to continue it, or choose another output folder")
+        elif self.out is not None and (left := [n for n in ("metrics.jsonl", "summary.json")
+                                                if (self.out / n).exists()]):
+            raise FileExistsError(f"{self.out} holds {' and '.join(left)} of an earlier run that saved no checkpoint "
+                                  f"(it stopped before its first one): delete {' and '.join(left)} to start afresh "
+                                  f"there, or choose another output folder")
         self.dist.check_same("run", self._description())
         # like DistributedDataParallel: every rank starts from rank 0's weights
         self.dist.broadcast_([t for t in self.net.state_dict().values() if t.is_floating_point()])

@@ -243,3 +243,14 @@ def test_a_resume_applies_the_settings_it_records(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["lr"] == pytest.approx(base) and lines[1]["lr"] == pytest.approx(resumed_lr)
     assert any(not torch.equal(v, plain.net.state_dict()[k]) for k, v in changed.net.state_dict().items())
+
+
+def test_a_folder_with_metrics_but_no_checkpoint_is_not_reused(tmp_path):
+    """What a crash during the first save leaves (metrics.jsonl, no checkpoint.pt): a new run does not append to
+    it; the error names the files and the fix."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 1, "algo": "bp"}\n')
+    with pytest.raises(FileExistsError, match="metrics.jsonl of an earlier run that saved no checkpoint.*delete"):
+        make_run("lenet", "digits", algo="ldrl", out=out, **QUICK)
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1, "algo": "bp"}\n'
