@@ -75,10 +75,16 @@ def atomic_write_json(obj, path) -> None:
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} was requested but CUDA is not available "
-                           f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu")
+        raise ValueError(f"device {device} was requested but CUDA is not available "
+                         f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device} was requested but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

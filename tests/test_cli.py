@@ -112,3 +112,40 @@ def test_run_command_exit_statuses_and_bugs(capsys, monkeypatch):
     with pytest.raises(KeyError):
         run_command("tool", raises(KeyError("bug")), ns)
     assert run_command("tool", lambda args: 0, ns) == 0
+
+
+def _files(tmp_path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "out.json").write_text('{"out": "elsewhere", "epochs": 1}')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{bad")
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "config.json").write_text("[1]")
+
+
+# bad inputs of `train` that once gave a traceback, with a word the one line must hold
+TRAIN_INPUTS = [
+    (["--device", "nonsense", "--out", "{tmp}/a"], "not a device"),
+    (["--device", "cuda", "--out", "{tmp}/b"], "CUDA"),
+    (["--config", "{tmp}/list.json", "--out", "{tmp}/c"], "mapping"),
+    (["--config", "{tmp}/out.json", "--out", "{tmp}/d"], "only the command line gives"),
+    (["--out", "{tmp}/run", "--resume"], "config.json is not valid JSON"),
+    (["--out", "{tmp}/listed", "--resume"], "not a list"),
+]
+
+
+@pytest.mark.parametrize("args, word", TRAIN_INPUTS, ids=[w for _, w in TRAIN_INPUTS])
+def test_train_bad_inputs_are_one_line(args, word, tmp_path, capsys, monkeypatch):
+    if "cuda" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    _files(tmp_path)
+    assert main(_argv("train", args, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and word in err and "Traceback" not in err, err

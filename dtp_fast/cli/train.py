@@ -49,6 +49,10 @@ def _load_config(path: str) -> dict:
             raise ValueError(f"config file {p} is not valid JSON: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"config file {p} must hold a mapping of setting names to values")
+    misplaced = sorted(k for k in data if k.replace("-", "_") in ("out", "resume", "config"))
+    if misplaced:
+        raise ValueError(f"config file {p} sets {', '.join(misplaced)}, which only the command line gives: remove "
+                         f"{'it' if len(misplaced) == 1 else 'them'} and pass --out / --resume instead")
     return data
 
 
@@ -172,7 +176,15 @@ def cmd_train(args) -> int:
             raise CommandError("--resume needs --out, the folder of the run to continue", exit_code=1)
         saved = Path(args.out) / "config.json"
         if saved.exists():
-            given = {**json.loads(saved.read_text()), **given}
+            try:
+                recorded = json.loads(saved.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"cannot resume: {saved} is not valid JSON ({err}); restore it or delete it "
+                                 f"and give the run's settings again") from None
+            if not isinstance(recorded, dict):
+                raise ValueError(f"cannot resume: {saved} must hold the run's settings as a mapping, not a "
+                                 f"{type(recorded).__name__}")
+            given = {**recorded, **given}
     preset, data = given.pop("preset", "simple_vgg"), given.pop("data", None)
     _, dataset, defaults = resolve_preset(preset, given.pop("dataset", None))
     algo, seed = given.get("algo", defaults.get("algo", "ldrl")), given.get("seed", defaults.get("seed", 0))
