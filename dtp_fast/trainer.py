@@ -68,17 +68,45 @@ class TrainConfig:
     tensorboard: bool = False         # also log to out/tensorboard (needs the tensorboard package)
 
     def validate(self) -> None:
+        """Check every setting's type and range; the error names the setting, the value and what it takes."""
+        def bad(name, value, what):
+            raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_real(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.limit_batches is not None and self.limit_batches < 1:
-            raise ValueError(f"limit_batches must be >= 1, got {self.limit_batches}")
+        for name in ("epochs", "batch_size", "feedback_samples"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                bad(name, getattr(self, name), "an integer >= 1")
+        for name in ("limit_batches", "t_max"):
+            v = getattr(self, name)
+            if v is not None and (not is_int(v) or v < 1):
+                bad(name, v, "an integer >= 1 or None")
+        if not is_int(self.seed):
+            bad("seed", self.seed, "an integer")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not is_real(self.lr) or self.lr <= 0:
+            bad("lr", self.lr, "a finite number > 0")
+        for name in ("momentum", "feedback_momentum"):
+            if not is_real(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                bad(name, getattr(self, name), "a number in [0, 1)")
+        for name in ("weight_decay", "feedback_weight_decay", "eta_min", "beta"):
+            if not is_real(getattr(self, name)) or getattr(self, name) < 0:
+                bad(name, getattr(self, name), "a finite number >= 0")
+        if self.feedback_memory is not None and (not is_real(self.feedback_memory) or self.feedback_memory <= 0):
+            bad("feedback_memory", self.feedback_memory, "a number of MiB > 0 or None")
+        for name, check, what in (("feedback_iters", is_int, "an integer"), ("feedback_lr", is_real, "a number"),
+                                  ("noise", is_real, "a number")):
+            v = getattr(self, name)
+            values = list(v) if isinstance(v, (list, tuple)) else [v]
+            if isinstance(v, str) or not values or not all(check(x) for x in values):
+                bad(name, v, f"{what} or a list of them, one per feedback layer")
 
     def feedback_config(self) -> FeedbackConfig:
         return FeedbackConfig(iterations=self.feedback_iters, lr=self.feedback_lr, noise=self.noise,
@@ -114,6 +142,9 @@ class Trainer:
     def __init__(self, net, dataset: Dataset | None = None, config: TrainConfig | None = None, *, out=None,
                  resume: bool = False, noise: NoiseSource | None = None, info: dict | None = None,
                  dist: Distributed | None = None):
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got a {type(config).__name__}: build one with "
+                            f"TrainConfig(**settings)")
         self.config = config = config or TrainConfig()
         config.validate()
         self.dist = dist if dist is not None else current()

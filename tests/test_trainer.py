@@ -254,3 +254,25 @@ def test_a_folder_with_metrics_but_no_checkpoint_is_not_reused(tmp_path):
     with pytest.raises(FileExistsError, match="metrics.jsonl of an earlier run that saved no checkpoint.*delete"):
         make_run("lenet", "digits", algo="ldrl", out=out, **QUICK)
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 1, "algo": "bp"}\n'
+
+
+@pytest.mark.parametrize("settings, word", [
+    (dict(epochs="2"), "epochs must be an integer >= 1"),
+    (dict(lr=None), "lr must be a finite number > 0"),
+    (dict(lr=float("nan")), "lr must be a finite number > 0"),
+    (dict(lr=float("inf")), "lr must be a finite number > 0"),
+    (dict(batch_size=16.5), "batch_size must be an integer >= 1"),
+    (dict(feedback_iters="20"), "feedback_iters must be an integer or a list"),
+    (dict(feedback_lr=[0.1, "x"]), "feedback_lr must be a number or a list"),
+    (dict(momentum=1.0), "momentum must be a number in"),
+    (dict(limit_batches=0), "limit_batches must be an integer >= 1 or None"),
+])
+def test_train_config_checks_types_and_ranges(settings, word):
+    with pytest.raises(ValueError, match=word):
+        dtp_fast.TrainConfig(**settings).validate()
+
+
+def test_a_dict_is_not_a_config():
+    net = dtp_fast.lenet((1, 8, 8), 10)
+    with pytest.raises(TypeError, match="config must be a TrainConfig, got a dict"):
+        dtp_fast.Trainer(net, None, {"epochs": 2})
