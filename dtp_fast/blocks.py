@@ -264,9 +264,20 @@ _ACT_MODULES = {nn.ELU: "elu", nn.ReLU: "relu", nn.Tanh: "tanh"}
 SUPPORTED_LAYERS = "Conv2d, Linear, Flatten, MaxPool2d, ELU (alpha=1), ReLU, Tanh, Identity"
 
 
+def _check_sequential(module: nn.Module, where: str) -> None:
+    """The network is its children in order only when ``module`` computes what nn.Sequential computes: a
+    module with a forward of its own (even a subclass of nn.Sequential) may compute something else."""
+    if type(module).forward is not nn.Sequential.forward:
+        raise UnsupportedLayerError(
+            f"{where} ({type(module).__name__}) has a forward of its own, which from_sequential cannot read: it "
+            f"builds the network from the children in order, which would compute something else. Write the model "
+            f"as an nn.Sequential (nesting is fine)")
+
+
 def _flatten_modules(seq: nn.Module, prefix: str = ""):
     for name, m in seq.named_children():
         if isinstance(m, nn.Sequential):
+            _check_sequential(m, f"layer {prefix}{name}")
             yield from _flatten_modules(m, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", m
@@ -286,6 +297,7 @@ def from_sequential(seq: nn.Sequential, in_shape: Sequence[int], names: Sequence
     """
     if not isinstance(seq, nn.Module):
         raise TypeError(f"from_sequential expects an nn.Sequential, got {type(seq).__name__}")
+    _check_sequential(seq, "the model")
     in_shape = tuple(int(s) for s in in_shape)
     specs = []  # dicts: op, act, pool, flatten, names
     pending_flatten = None

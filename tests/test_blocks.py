@@ -128,3 +128,32 @@ def test_overlapping_unpool_is_deterministic_last_write_wins():
     assert any(len(torch.unique(row)) < len(row) for row in flat.reshape(-1, flat.shape[-1]))  # duplicates exist
     y2 = torch.randn_like(y)  # different values at duplicate switches, as in G(y + dy; I0)
     torch.testing.assert_close(b.h(y2, idx), unpool_act2d_ref(y2, idx, "elu", (9, 9)), rtol=0, atol=0)
+
+
+def test_from_sequential_refuses_a_module_with_its_own_forward():
+    """A module computing b(sigmoid(a(x)) * 3) is not the sequence of its children: refused, not rebuilt as
+    a different network; so is an nn.Sequential subclass with its own forward, also when nested."""
+    import pytest
+    import torch
+    from torch import nn
+
+    from dtp_fast import UnsupportedLayerError, from_sequential
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.b(torch.sigmoid(self.a(x)) * 3)
+
+    class Scaled(nn.Sequential):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(UnsupportedLayerError, match="the model \\(Custom\\) has a forward of its own"):
+        from_sequential(Custom(), (4,))
+    with pytest.raises(UnsupportedLayerError, match="layer 1 \\(Scaled\\) has a forward of its own"):
+        from_sequential(nn.Sequential(nn.Linear(4, 5), Scaled(nn.ELU(), nn.Linear(5, 2))), (4,))
+    net = from_sequential(nn.Sequential(nn.Linear(4, 5), nn.Sequential(nn.ELU(), nn.Linear(5, 2))), (4,))
+    assert net.feedback_names == ["fc_1"]
