@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -241,8 +242,19 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        """Write ``out/checkpoint.pt`` atomically: a failed write (a full disk) leaves the previous one whole and
+        raises an OSError that says so."""
         if self.out is not None and self.dist.is_main:
-            atomic_save(self.state_dict(), self.checkpoint_path)
+            try:
+                atomic_save(self.state_dict(), self.checkpoint_path)
+            except (OSError, RuntimeError) as err:
+                free = shutil.disk_usage(self.out).free / 2**20
+                kept = (f"the checkpoint of epoch {self.saved_epoch} is intact"
+                        if getattr(self, "saved_epoch", None) else "no earlier checkpoint exists")
+                raise OSError(f"could not write the checkpoint of epoch {self.epoch} to {self.checkpoint_path} "
+                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__}; {free:.0f} MiB "
+                              f"free there): {kept}; free space or fix the folder, then continue with --resume"
+                              ) from None
         self.saved_epoch = self.epoch
 
     def _resume(self) -> None:
@@ -469,8 +481,8 @@ class Trainer:
                 if self.config.diagnostics and self.dist.is_main:
                     record.update(self.diagnostics())
                 self.history.append(record)
+                self.save_checkpoint()  # before the metrics line: no line for an epoch a resume would redo
                 self._log(record)
-                self.save_checkpoint()
                 self.dist.barrier()     # the checkpoint is complete before any rank goes on
         except DistributedError as err:
             path = self.checkpoint_path

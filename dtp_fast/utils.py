@@ -15,6 +15,12 @@ import torch
 __all__ = ["available_memory", "cpu_name", "machine_name", "git_commit", "positive_int", "atomic_save", "atomic_write_text", "atomic_write_json", "resolve_device", "Stopwatch", "versions"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +30,7 @@ def _atomic(path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())    # mkstemp's 0600 -> what open() gives every other file of the run
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -276,3 +276,41 @@ def test_a_dict_is_not_a_config():
     net = dtp_fast.lenet((1, 8, 8), 10)
     with pytest.raises(TypeError, match="config must be a TrainConfig, got a dict"):
         dtp_fast.Trainer(net, None, {"epochs": 2})
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch):
+    """The checkpoint of epoch 2 cannot be written (torch's error for a full disk): one OSError naming the file,
+    the intact checkpoint of epoch 1 and the fix; no metrics line for the unsaved epoch; --resume continues."""
+    import dtp_fast.utils as utils
+
+    run = make_run("lenet", "digits", algo="bp", out=tmp_path / "r", **QUICK)
+    real = utils.torch.save
+    calls = []
+
+    def full(obj, fh):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed")
+        return real(obj, fh)
+
+    monkeypatch.setattr(utils.torch, "save", full)
+    with pytest.raises(OSError, match="could not write the checkpoint of epoch 2 .*file write failed.*checkpoint "
+                                      "of epoch 1 is intact.*--resume"):
+        run.fit()
+    monkeypatch.undo()
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["checkpoint.pt", "metrics.jsonl"]  # no temp file
+    resumed = make_run("lenet", "digits", algo="bp", out=tmp_path / "r", resume=True, **QUICK)
+    assert resumed.epoch == 1 and resumed.fit()["epochs"] == 2
+
+
+def test_the_files_of_a_run_share_one_mode(tmp_path):
+    """checkpoint.pt and summary.json (written atomically) get the mode every other file of the run gets."""
+    import os
+    import stat
+
+    make_run("lenet", "digits", algo="bp", out=tmp_path / "r", **dict(QUICK, epochs=1)).fit()
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in (tmp_path / "r").iterdir()}
+    assert set(modes) == {"checkpoint.pt", "metrics.jsonl", "summary.json"} and len(set(modes.values())) == 1, modes
