@@ -21,8 +21,8 @@ from .dtp import bp_loss, dtp_loss
 from .family import TARGET_RULES, ensure_direct_feedback, train_family_feedback
 from .feedback import FeedbackConfig, FeedbackState, resolve_backend, train_feedback
 from .noise import CounterNoise, NoiseSource
-from .utils import (CheckpointError, Stopwatch, atomic_save, atomic_write_json, load_checkpoint, origin,
-                    resolve_device, versions)
+from .utils import (CheckpointError, Stopwatch, atomic_save, atomic_write_json, atomic_write_text, load_checkpoint,
+                    origin, resolve_device, versions)
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME"]
 
@@ -289,9 +289,10 @@ class Trainer:
         # metrics written after the checkpoint (an interrupted epoch) are dropped
         metrics = self.out / "metrics.jsonl"
         if metrics.exists() and self.dist.is_main:
-            keep = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("epoch", 0) <= self.epoch]
-            metrics.write_text("".join(line + "\n" for line in keep))
+            lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+            keep = [line for line in lines if json.loads(line).get("epoch", 0) <= self.epoch]
+            if keep != lines:   # rewritten atomically, and only when there is something to drop
+                atomic_write_text("".join(line + "\n" for line in keep), metrics)
 
     def _apply_optimizer_settings(self) -> None:
         """After a resume: the run's settings replace those the checkpoint's optimizer and scheduler hold
