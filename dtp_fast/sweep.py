@@ -165,7 +165,7 @@ def sweep(preset: str, dataset: str | None = None, data=None, *, out, algos=DEFA
     from . import api
     from .presets import normalize_settings
 
-    from .trainer import ALGOS
+    from .config import ALGOS
 
     bad = [a for a in algos if a not in ALGOS]
     if bad or not algos or len(set(algos)) != len(algos):

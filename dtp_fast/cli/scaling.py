@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..trainer import ALGOS
+from ..config import ALGOS
 from .common import Command, add_device, add_output_files, int_list, parse_set, positive_int
 
 __all__ = ["COMMAND", "add_arguments", "run", "main"]

@@ -11,7 +11,7 @@ __all__ = ["COMMAND", "add_arguments", "run", "main"]
 
 
 def _algos(text: str) -> list[str]:
-    from ..trainer import ALGOS
+    from ..config import ALGOS
 
     algos = [v.strip() for v in text.split(",") if v.strip()]
     bad = [a for a in algos if a not in ALGOS]
