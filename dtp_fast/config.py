@@ -46,6 +46,9 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False         # also log to out/tensorboard (needs the tensorboard package)
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> None:
         """Check every setting's type and range; the error names the setting, the value and what it takes."""
         def bad(name, value, what):

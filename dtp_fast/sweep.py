@@ -63,7 +63,7 @@ def _resolve(preset: str, dataset: str | None, settings: dict) -> tuple[str, dic
     arch = {k: merged.pop(k) for k in list(merged) if k in ARCH_KEYS}
     try:
         config = dataclasses.asdict(TrainConfig(**merged))
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise SweepError(f"bad settings: {err}") from None
     return dataset, config, arch
 

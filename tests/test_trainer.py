@@ -268,8 +268,13 @@ def test_a_folder_with_metrics_but_no_checkpoint_is_not_reused(tmp_path):
     (dict(limit_batches=0), "limit_batches must be an integer >= 1 or None"),
 ])
 def test_train_config_checks_types_and_ranges(settings, word):
+    with pytest.raises(ValueError, match=word):     # at construction
+        dtp_fast.TrainConfig(**settings)
+    config = dtp_fast.TrainConfig()
+    for key, value in settings.items():                # and when changed afterwards, by validate()
+        setattr(config, key, value)
     with pytest.raises(ValueError, match=word):
-        dtp_fast.TrainConfig(**settings).validate()
+        config.validate()
 
 
 def test_a_dict_is_not_a_config():
