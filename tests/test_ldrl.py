@@ -241,3 +241,16 @@ def test_counter_noise_fill_equals_normal():
     nc = torch.empty(5, 7, 4).transpose(1, 2)  # non-contiguous target: generic path
     n.fill_(nc, step=2, layer=1, iteration=4, sample=0, which="y")
     assert torch.equal(nc, expected)
+
+
+@pytest.mark.parametrize("settings, word", [
+    (dict(iterations="20"), "feedback iterations must be an integer"),
+    (dict(lr=[0.1, None]), "feedback lr must be a finite number"),
+    (dict(noise=float("nan")), "feedback noise must be a finite number"),
+    (dict(momentum=1.5), "feedback momentum must be in"),
+    (dict(samples=0), "feedback samples must be an integer >= 1"),
+    (dict(weight_decay=-1.0), "feedback weight_decay must be a finite number >= 0"),
+])
+def test_feedback_config_checks_types_at_construction(settings, word):
+    with pytest.raises(ValueError, match=word):
+        FeedbackConfig(**settings)

@@ -1,6 +1,7 @@
 """Hyperparameters, optimiser state, the backend registry and the entry point."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -56,6 +57,26 @@ class FeedbackConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     samples: int = 1
+
+    def __post_init__(self):
+        """Types (and finiteness) at construction; the per-layer counts and ranges are checked by
+        :meth:`resolve`, whose messages name the layer."""
+        def real(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name, check, what in (("iterations", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+                                  ("lr", real, "a finite number"), ("noise", real, "a finite number")):
+            value = getattr(self, name)
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            if isinstance(value, str) or not values or not all(check(v) for v in values):
+                raise ValueError(f"feedback {name} must be {what} or a list of them (one per feedback layer), "
+                                 f"got {value!r}")
+        if not real(self.momentum) or not 0 <= self.momentum < 1:
+            raise ValueError(f"feedback momentum must be in [0, 1), got {self.momentum!r}")
+        if not real(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"feedback weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
+            raise ValueError(f"feedback samples must be an integer >= 1, got {self.samples!r}")
 
     def resolve(self, layers: Sequence[str]) -> list[LayerHParams]:
         """Per-layer settings for the named trainable layers, validated."""
