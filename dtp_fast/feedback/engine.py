@@ -64,8 +64,11 @@ class FeedbackConfig:
         def real(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        for name, check, what in (("iterations", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-                                  ("lr", real, "a finite number"), ("noise", real, "a finite number")):
+        def integer(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name, check, what in (("iterations", integer, "an integer"), ("lr", real, "a finite number"),
+                                  ("noise", real, "a finite number")):
             value = getattr(self, name)
             values = list(value) if isinstance(value, (list, tuple)) else [value]
             if isinstance(value, str) or not values or not all(check(v) for v in values):
@@ -75,7 +78,7 @@ class FeedbackConfig:
             raise ValueError(f"feedback momentum must be in [0, 1), got {self.momentum!r}")
         if not real(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"feedback weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
+        if not integer(self.samples) or self.samples < 1:
             raise ValueError(f"feedback samples must be an integer >= 1, got {self.samples!r}")
 
     def resolve(self, layers: Sequence[str]) -> list[LayerHParams]:
