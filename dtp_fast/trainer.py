@@ -180,6 +180,9 @@ class Trainer:
             raise ValueError("resume needs an output folder that holds a checkpoint")
         if not path.exists():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
+        if self.dist.is_main:   # what a process killed while writing the checkpoint left behind
+            for stale in self.out.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+                stale.unlink(missing_ok=True)
         try:
             ckpt = load_checkpoint(path, map_location=self.device)
         except CheckpointError as err:

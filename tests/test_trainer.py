@@ -319,3 +319,61 @@ def test_the_files_of_a_run_share_one_mode(tmp_path):
     make_run("lenet", "digits", algo="bp", out=tmp_path / "r", **dict(QUICK, epochs=1)).fit()
     modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in (tmp_path / "r").iterdir()}
     assert set(modes) == {"checkpoint.pt", "metrics.jsonl", "summary.json"} and len(set(modes.values())) == 1, modes
+
+
+_KILLED_RUN = """
+import os, signal, sys
+import dtp_fast.utils as utils
+from dtp_fast.api import make_run
+
+where, out = sys.argv[1], sys.argv[2]
+if where == "batch":             # SIGKILL in the middle of step 4 (epoch 2): after its feedback phase
+    import dtp_fast.trainer as trainer
+    real_feedback = trainer.train_feedback
+    def feedback(*a, **k):
+        stats = real_feedback(*a, **k)
+        if a[6] == 4:            # the step
+            os.kill(os.getpid(), signal.SIGKILL)
+        return stats
+    trainer.train_feedback = feedback
+else:                            # SIGKILL half-way through writing the checkpoint of epoch 2
+    real_save = utils.torch.save
+    calls = []
+    def save(obj, fh):
+        calls.append(1)
+        if len(calls) == 2:
+            fh.write(b"PK" * 1000)
+            fh.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, fh)
+    utils.torch.save = save
+make_run("lenet", "digits", algo="ldrl", out=out, epochs=3, limit_batches=3, batch_size=16, progress=False,
+         diagnostics=False).fit()
+"""
+
+
+@pytest.mark.parametrize("where", ["batch", "checkpoint"])
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, where):
+    """SIGKILL in the middle of a batch, or in the middle of writing a checkpoint, then --resume: the same
+    weights, feedback momentum and metrics as a run that was never interrupted."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, where, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert len(list(out.glob(".checkpoint.pt.*.tmp"))) == (where == "checkpoint")   # what the kill left
+    kw = dict(epochs=3, limit_batches=3, batch_size=16, progress=False, diagnostics=False)
+    resumed = make_run("lenet", "digits", algo="ldrl", out=out, resume=True, **kw)
+    assert resumed.epoch == 1
+    resumed.fit()
+    full = make_run("lenet", "digits", algo="ldrl", out=tmp_path / "full", **kw)
+    full.fit()
+    for k, v in full.net.state_dict().items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
+    for k, v in full.fb_state.buffers.items():
+        assert torch.equal(v, resumed.fb_state.buffers[k]), k
+    assert list(out.glob("*.tmp")) + list(out.glob(".*.tmp")) == []                   # cleaned up by the resume
