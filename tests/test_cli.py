@@ -149,3 +149,19 @@ def test_train_bad_inputs_are_one_line(args, word, tmp_path, capsys, monkeypatch
     assert main(_argv("train", args, tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and word in err and "Traceback" not in err, err
+
+
+def test_a_failed_start_leaves_no_half_made_run(tmp_path, capsys, monkeypatch):
+    """A new run that stops before its first checkpoint (here a NaN loss in epoch 1) leaves no folder behind; in
+    a folder that existed before, only what it brought goes."""
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    args = ["train", "--preset", "lenet", "--dataset", "digits", "--epochs", "1", "--limit-batches", "2",
+            "--lr", "1e30", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "new")]) == 3          # the non-finite loss's exit status
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    assert main(args + ["--out", str(tmp_path / "old")]) == 3
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["notes.txt"]
+    err = capsys.readouterr().err
+    assert err.count("dtp-fast train: error:") == 2 and "Traceback" not in err, err

@@ -162,6 +162,7 @@ def _list_presets() -> None:
 
 def cmd_train(args) -> int:
     from ..api import make_run
+    from ..trainer import CHECKPOINT_NAME
     from ..presets import normalize_settings, resolve_preset
     from ..utils import atomic_write_json
 
@@ -192,9 +193,15 @@ def cmd_train(args) -> int:
     saved = {k: v for k, v in given.items() if k != "progress"}
     trainer = make_run(preset, dataset, data, out=out, resume=args.resume, **given)  # joins torchrun's group
     dist = trainer.dist
+    fresh = not out.exists()
     if dist.is_main:
         atomic_write_json({"preset": preset, "dataset": dataset, "data": data} | saved, out / "config.json")
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except BaseException:
+        if dist.is_main and not args.resume and not (out / CHECKPOINT_NAME).exists():
+            _remove_failed_start(out, fresh)
+        raise
     if not dist.is_main:
         return 0
     if args.json:
@@ -202,6 +209,15 @@ def cmd_train(args) -> int:
     else:
         _print_summary(summary, out)
     return 0
+
+
+def _remove_failed_start(out: Path, fresh: bool) -> None:
+    """A new run that stopped before its first checkpoint leaves nothing behind: its config.json and metrics
+    go, and the folder too if this run made it and it is empty now."""
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        (out / name).unlink(missing_ok=True)
+    if fresh and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def _print_summary(s: dict, out) -> None:
