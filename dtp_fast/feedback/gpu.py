@@ -96,7 +96,8 @@ def cudnn_deterministic(on: bool):
 
 
 class GpuPolicy:
-    """Mixin of the GPU backends: the ``tf32`` and ``deterministic`` switches (see the module doc)."""
+    """Mixin of the GPU backends (listed before the engine class they extend): the ``tf32`` and
+    ``deterministic`` switches, and the feedback phase run inside :meth:`gpu_context` (see the module doc)."""
 
     tf32: bool | None = None
     deterministic: bool | None = None
@@ -122,3 +123,9 @@ class GpuPolicy:
             return
         with cuda_device(device), fp32_precision(self.tf32_enabled(device)), cudnn_deterministic(self.deterministic_enabled()):
             yield
+
+    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
+              sample_offset=0, reduce=None):
+        with self.gpu_context(acts[0].device):
+            return super().train(net, acts, switches, hparams, state, noise, step, report,
+                                 memory_budget=memory_budget, sample_offset=sample_offset, reduce=reduce)

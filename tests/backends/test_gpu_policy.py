@@ -147,3 +147,23 @@ def test_deterministic_runs_are_bit_identical_on_a_gpu(backend, monkeypatch):
         assert torch.equal(n1.blocks[name].g_op.weight, n2.blocks[name].g_op.weight), name
         assert torch.equal(s1.buffers[f"{name}.weight"], s2.buffers[f"{name}.weight"]), name
     assert l1 == l2
+
+
+@pytest.mark.parametrize("backend", [TritonBackend, CudaBackend])
+def test_train_runs_inside_the_gpu_context(backend, monkeypatch):
+    """Both backends' train() enters gpu_context for the activations' device before the engine runs."""
+    from dtp_fast.feedback.backends.torch import TorchBackend
+
+    seen = []
+
+    @contextlib.contextmanager
+    def context(self, device):
+        seen.append(("enter", torch.device(device)))
+        yield
+        seen.append(("exit",))
+
+    monkeypatch.setattr(gpu.GpuPolicy, "gpu_context", context)
+    monkeypatch.setattr(TorchBackend, "train", lambda self, *a, **k: seen.append(("engine",)) or "stats")
+    acts = [torch.zeros(2, 3)]
+    assert backend().train(None, acts, [None], [], None, None, 0, "last") == "stats"
+    assert seen == [("enter", torch.device("cpu")), ("engine",), ("exit",)]

@@ -124,12 +124,6 @@ class CudaBackend(GpuPolicy, TorchBackend):
         super().__init__(memory_budget=memory_budget, threads=threads)
         self.tf32, self.deterministic = tf32, deterministic
 
-    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
-              sample_offset=0, reduce=None):
-        with self.gpu_context(acts[0].device):
-            return super().train(net, acts, switches, hparams, state, noise, step, report,
-                                 memory_budget=memory_budget, sample_offset=sample_offset, reduce=reduce)
-
     # ------------------------------------------------------------------ noise
     @staticmethod
     def _noise(block: NoiseBlock, device, dtype) -> torch.Tensor:

@@ -105,12 +105,6 @@ class TritonBackend(GpuPolicy, TorchBackend):
     def workers(self, device, hparams, budget, blocks, batch, element_size) -> int:
         return 1  # layers interleaved on one stream (and one thread under the interpreter)
 
-    def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
-              sample_offset=0, reduce=None):
-        with self.gpu_context(acts[0].device):
-            return super().train(net, acts, switches, hparams, state, noise, step, report,
-                                 memory_budget=memory_budget, sample_offset=sample_offset, reduce=reduce)
-
     # ------------------------------------------------------------------ precomputation hooks
     @staticmethod
     def _counter(noise: NoiseBlock):
