@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .feedback import FeedbackConfig
+from .feedback.budget import BUDGETS, AdaptiveBudget
 
 __all__ = ["ALGOS", "TrainConfig"]
 
@@ -35,6 +36,11 @@ class TrainConfig:
     feedback_momentum: float = 0.9
     feedback_weight_decay: float = 0.0
     feedback_samples: int = 1
+    feedback_budget: str = "paper"    # "paper": every layer's iterations on every batch; "adaptive": see budget_*
+    budget_floor: float = AdaptiveBudget.floor            # adaptive: least share of a layer's iterations
+    budget_lr_scale: float = AdaptiveBudget.lr_scale      # adaptive: most the feedback lr rises for a cut
+    budget_warmup: int = AdaptiveBudget.warmup            # adaptive: batches at the full budget first
+    budget_alarm_deg: float = AdaptiveBudget.alarm_deg    # adaptive: angle rise that doubles a share
     feedback_memory: float | None = None   # MiB for precomputed perturbations (fast backends); None: default
     backend: str = "auto"
     device: str = "auto"
@@ -89,6 +95,24 @@ class TrainConfig:
             values = list(v) if isinstance(v, (list, tuple)) else [v]
             if isinstance(v, str) or not values or not all(check(x) for x in values):
                 bad(name, v, f"{what} or a list of them, one per feedback layer")
+
+        if self.feedback_budget not in BUDGETS:
+            raise ValueError(f"feedback_budget must be one of {', '.join(map(repr, BUDGETS))}, got "
+                             f"{self.feedback_budget!r}")
+        if self.feedback_budget == "adaptive" and self.algo != "ldrl":
+            raise ValueError(f"feedback_budget 'adaptive' applies to algo 'ldrl' (it watches the angle between the "
+                             f"feedback weights and the forward weights transposed), not {self.algo!r}; use "
+                             f"feedback_budget 'paper'")
+        try:
+            self.budget_policy()
+        except ValueError as err:
+            raise ValueError(str(err).replace("budget ", "budget_", 1)) from None
+
+    def budget_policy(self) -> AdaptiveBudget | None:
+        """The feedback budget policy of a run (None: the paper's fixed budget)."""
+        knobs = AdaptiveBudget(floor=self.budget_floor, lr_scale=self.budget_lr_scale, warmup=self.budget_warmup,
+                               alarm_deg=self.budget_alarm_deg)
+        return knobs if self.feedback_budget == "adaptive" else None
 
     def feedback_config(self) -> FeedbackConfig:
         return FeedbackConfig(iterations=self.feedback_iters, lr=self.feedback_lr, noise=self.noise,

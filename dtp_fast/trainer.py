@@ -95,6 +95,7 @@ class Trainer:
                 fb.iterations, fb.samples = 1, max(config.feedback_samples, max(h.iterations for h in iters))
             self.fb_hparams = fb.resolve(net.feedback_names)
         self.fb_state = FeedbackState()
+        self.budget = config.budget_policy()     # None: the paper's budget
         self.memory_budget = ("default" if config.feedback_memory is None
                               else int(config.feedback_memory * 2**20))
         self.noise = noise or CounterNoise(config.seed)
@@ -155,6 +156,7 @@ class Trainer:
             "config": dataclasses.asdict(self.config), "info": self.info,
             "net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "feedback_state": self.fb_state.state_dict(),
+            "budget": self.budget.state_dict() if self.budget is not None else None,
             "history": self.history, "totals": self.totals,
         }
 
@@ -203,6 +205,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self._apply_optimizer_settings()
         self.fb_state.load_state_dict(ckpt["feedback_state"])
+        if self.budget is not None and ckpt.get("budget") is not None:
+            self.budget.load_state_dict(ckpt["budget"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.saved_epoch = self.epoch
         self.history, self.totals = list(ckpt["history"]), {**self.totals, **ckpt["totals"]}
@@ -270,7 +274,8 @@ class Trainer:
                 acts, switches = self.net.activations(x, detach_inputs=True)
             with watch("feedback"), torch.no_grad():
                 if self.backend is not None:
-                    stats = train_feedback(self.net, acts, switches, self.fb_hparams, self.fb_state, self.noise,
+                    hparams = self.fb_hparams if self.budget is None else self.budget.plan(self.net, self.fb_hparams)
+                    stats = train_feedback(self.net, acts, switches, hparams, self.fb_state, self.noise,
                                            self.step, backend=self.backend, report="last",
                                            memory_budget=self.memory_budget, sample_offset=offset, reduce=reduce)
                 else:
@@ -340,6 +345,7 @@ class Trainer:
         loss_sum = 0.0
         fb_loss: dict = {}
         fb_iters: dict = {}          # feedback iterations spent per layer this epoch
+        alarms: dict = {}            # adaptive budget: batches on which a layer's alignment slipped
         paper = sum(hp.iterations for hp in self.fb_hparams) if self.fb_hparams else 0   # per batch
         bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
@@ -355,6 +361,9 @@ class Trainer:
                 if s["loss"] is not None:
                     fb_loss[name] = s["loss"]
                 fb_iters[name] = fb_iters.get(name, 0) + s["iterations"]
+            if self.budget is not None:
+                for name, d in self.budget.last.items():
+                    alarms[name] = alarms.get(name, 0) + int(d["alarm"])
             bar.update(1)
             if b % 5 == 0 or b == len(self.train_loader) - 1:
                 fb, fw = watch.get("feedback"), watch.get("forward")
@@ -382,6 +391,8 @@ class Trainer:
                   "images_per_second": n / seconds, "feedback_loss": fb_loss}
         if fb_iters:
             record["feedback_iterations"] = fb_iters
+        if self.budget is not None:
+            record["feedback_alarms"] = alarms
         if self.dist.enabled:
             record.update(ranks=self.dist.world, comm_seconds=comm)
         return record

@@ -118,6 +118,19 @@ def test_two_ranks_train_the_weights_of_one_process(tmp_path, backend):
     _assert_same_run(one, two)
 
 
+def test_adaptive_feedback_budget_decides_alike_on_every_rank(tmp_path):
+    """The adaptive budget decides from the weights, which every rank holds alike: 2 ranks spend the
+    iterations of one process, batch by batch, and train its weights."""
+    adaptive = dict(feedback_budget="adaptive", budget_warmup=1, budget_floor=0.25, epochs=2)
+    one = _single(**adaptive)
+    two, errors = _launch(tmp_path, 2, {**RUN, **adaptive})
+    assert not errors, errors
+    _assert_same_run(one, two)
+    spent = [h["feedback_iterations"] for h in one["history"]]
+    assert [h["feedback_iterations"] for h in two["history"]] == spent
+    assert spent[-1] != {n: 3 * k for n, k in zip(("conv_1", "fc1", "fc2"), RUN["feedback_iters"])}   # it did cut
+
+
 def test_resume_with_a_different_number_of_ranks(tmp_path):
     straight = _single(epochs=2, out=tmp_path / "straight")
     _, errors = _launch(tmp_path, 2, {**RUN, "epochs": 2, "out": str(tmp_path / "run")}, stop_after=1)

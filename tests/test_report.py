@@ -276,3 +276,159 @@ def test_missing_matplotlib_is_a_clear_error(swept, tmp_path, monkeypatch, capsy
     monkeypatch.setattr(dtp_fast.api, "train", _no_train)  # the sweep fails before it trains
     assert sweep_cli.main(QUICK + ["--seeds", "0", "--out", str(tmp_path / "s")]) == 2
     assert "matplotlib" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- feedback budgets, time to accuracy
+# Synthetic runs (3 epochs, 2 seeds per group): per seed, the test accuracy and the training seconds of each
+# epoch, and the feedback iterations of each epoch (summed over the layers; split over fc_1 and fc_2).
+SYNTHETIC = {
+    ("bp", None): {0: ([0.5, 0.7, 0.8], [1, 1, 1], None), 1: ([0.6, 0.8, 0.9], [1, 1, 1], None)},
+    ("ldrl", "paper"): {0: ([0.6, 0.84, 0.86], [4, 4, 4], [200, 200, 200]),
+                        1: ([0.7, 0.88, 0.9], [5, 5, 5], [200, 200, 200])},
+    ("ldrl", "adaptive"): {0: ([0.6, 0.8, 0.82], [4, 2, 2], [200, 50, 50]),
+                           1: ([0.6, 0.8, 0.84], [4, 3, 3], [200, 100, 100])},
+}
+
+
+def _fake_run(run_dir, algo, budget, seed, accs, secs, iters, old=False):
+    """A finished run folder as the Trainer writes it (only the keys the report reads); ``old``: a summary
+    from before the feedback_budget setting."""
+    run_dir.mkdir(parents=True)
+    config = {"seed": seed, "lr": 0.05, "epochs": len(accs)}
+    if not old:
+        config["feedback_budget"] = budget or "paper"
+    records, per_layer = [], {}
+    for e, (acc, s) in enumerate(zip(accs, secs), start=1):
+        rec = {"epoch": e, "test_accuracy": acc, "train_accuracy": acc, "train_loss": 1 - acc, "test_loss": 1 - acc,
+               "epoch_seconds": s,
+               "feedback_seconds": 0.0, "forward_seconds": s}
+        if iters is not None:
+            rec["feedback_iterations"] = {"fc_1": iters[e - 1] // 2, "fc_2": iters[e - 1] - iters[e - 1] // 2}
+            for k, v in rec["feedback_iterations"].items():
+                per_layer[k] = per_layer.get(k, 0) + v
+            if budget == "adaptive":
+                rec["feedback_alarms"] = {"fc_1": 0, "fc_2": 1}
+        records.append(rec)
+    summary = {"algo": algo, "preset": "mlp", "dataset": "digits", "epochs": len(accs), "config": config,
+               "test_accuracy": accs[-1], "test_top5": 1.0, "best_test_accuracy": max(accs),
+               "train_seconds": float(sum(secs)), "feedback_seconds": 0.0, "forward_seconds": float(sum(secs)),
+               "images_per_second": 1000.0, "backend": "torch", "device": "cpu",
+               "feedback_iterations": {"total": sum(per_layer.values()), "per_layer": per_layer}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _synthetic(root, old_paper_seed=None):
+    for (algo, budget), seeds in SYNTHETIC.items():
+        for seed, (accs, secs, iters) in seeds.items():
+            name = f"{algo}-{budget}-seed{seed}" if budget else f"{algo}-seed{seed}"
+            _fake_run(root / name, algo, budget, seed, accs, secs, iters,
+                      old=budget == "paper" and seed == old_paper_seed)
+    return root
+
+
+def test_budget_groups_and_time_to_accuracy(tmp_path):
+    runs = _synthetic(tmp_path / "runs", old_paper_seed=1)  # paper seed 1: a summary without feedback_budget
+    rep = report.make_report([runs], out=tmp_path / "r", plots=False)
+    groups = rep["groups"]
+    assert [(g["algo"], g["feedback_budget"]) for g in groups] == [("ldrl", "paper"), ("ldrl", "adaptive"),
+                                                                   ("bp", None)]
+    paper, adaptive, bp = groups
+    assert [g["label"] for g in groups] == ["mlp digits L-DRL", "mlp digits L-DRL (adaptive budget)",
+                                            "mlp digits backprop"]
+    assert paper["runs"] == ["../runs/ldrl-paper-seed0", "../runs/ldrl-paper-seed1"]
+    assert paper["settings_differ"] == {} and all(g["n_runs"] == 2 for g in groups)
+
+    # totals per run, and the cumulative curves (means, min, max over the seeds)
+    assert paper["feedback_iterations"]["values"] == [600, 600] and adaptive["feedback_iterations"]["mean"] == 350
+    assert bp["feedback_iterations"] is None and "cumulative_feedback_iterations" not in bp["curves"]
+    assert adaptive["train_seconds"]["values"] == [8, 10] and paper["train_seconds"]["mean"] == 13.5
+    cum = adaptive["curves"]["cumulative_feedback_iterations"]
+    assert (cum["epoch"], cum["mean"], cum["min"], cum["max"]) == ([1, 2, 3], [200, 275, 350], [200, 250, 300],
+                                                                   [200, 300, 400])
+    assert adaptive["curves"]["cumulative_train_seconds"]["mean"] == [4, 6.5, 9]
+    assert bp["curves"]["cumulative_train_seconds"]["mean"] == [1, 2, 3]
+
+    # relative to paper L-DRL (600 iterations, 13.5 s) and to backprop (3 s, final top-1 0.85)
+    t = {g["feedback_budget"]: g["time_to_accuracy"] for g in groups}
+    assert t["adaptive"]["feedback_iterations_share"] == pytest.approx(350 / 600)
+    assert t["adaptive"]["train_seconds_share"] == pytest.approx(9 / 13.5)
+    assert t["adaptive"]["backprop_time_multiple"] == pytest.approx(3.0)
+    assert t["paper"]["feedback_iterations_share"] == 1.0 and t["paper"]["backprop_time_multiple"] == 4.5
+    assert t[None]["feedback_iterations_share"] is None and t[None]["train_seconds_share"] == pytest.approx(3 / 13.5)
+    assert t["paper"]["backprop_accuracy"] == pytest.approx(0.85)
+    # paper L-DRL's mean top-1 is 0.65, 0.86, 0.88: backprop's 0.85 first at epoch 2, after (8 + 10) / 2 s
+    assert (t["paper"]["reached_backprop_accuracy"], t["paper"]["epoch_to_backprop_accuracy"],
+            t["paper"]["seconds_to_backprop_accuracy"]) == (True, 2, 9.0)
+    assert (t[None]["reached_backprop_accuracy"], t[None]["epoch_to_backprop_accuracy"],
+            t[None]["seconds_to_backprop_accuracy"]) == (True, 3, 3.0)
+    assert t["adaptive"]["reached_backprop_accuracy"] is False  # 0.83 at most
+    assert t["adaptive"]["seconds_to_backprop_accuracy"] is None
+
+    on_disk = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert on_disk["groups"][1]["time_to_accuracy"] == t["adaptive"]
+    assert [(r["feedback_budget"], r["feedback_iterations"]) for r in on_disk["runs"]] == [
+        ("paper", 600), ("paper", 600), ("adaptive", 300), ("adaptive", 400), (None, None), (None, None)]
+
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "grouped by (preset, dataset, algo, feedback budget)" in md
+    main_table = md.split("## ")[0]
+    assert re.search(r"^\| mlp \| digits \| ldrl \| torch \| 2 \|", main_table, re.M)
+    assert re.search(r"^\| mlp \| digits \| ldrl \(adaptive\) \| torch \| 2 \|", main_table, re.M)
+    section = md.split("## Time to accuracy")[1].split("## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| mlp |")]
+    assert rows == [
+        "| mlp | digits | ldrl | 2 | 88.00 ± 2.83 | 13.5 | 600 | 100.0% | 100.0% | 4.50x | 9 (epoch 2) |",
+        "| mlp | digits | ldrl (adaptive) | 2 | 83.00 ± 1.41 | 9 | 350 | 58.3% | 66.7% | 3.00x | not reached |",
+        "| mlp | digits | bp | 2 | 85.00 ± 7.07 | 3 | - | - | 22.2% | 1.00x | 3 (epoch 3) |"]
+    assert "S to backprop top-1:" in section and "not reached if it never does" in section
+    assert "| mlp digits ldrl (adaptive) | 0 |" in md
+
+
+def test_time_to_accuracy_needs_several_groups_and_old_summaries_are_paper(tmp_path):
+    runs = tmp_path / "runs"
+    accs, secs, iters = SYNTHETIC[("ldrl", "paper")][0]
+    _fake_run(runs / "old", "ldrl", "paper", 0, accs, secs, iters, old=True)
+    rep = report.make_report([runs], out=tmp_path / "r", plots=False)
+    (g,) = rep["groups"]
+    assert g["feedback_budget"] == "paper" and g["label"] == "mlp digits L-DRL"
+    t = g["time_to_accuracy"]
+    assert t["feedback_iterations_share"] == 1.0 and t["backprop_time_multiple"] is None
+    assert t["reached_backprop_accuracy"] is None and t["backprop_group"] is None
+    assert "## Time to accuracy" not in (tmp_path / "r" / "report.md").read_text()
+
+    # with an adaptive group but no backprop: shares, but no multiple of backprop and no time to its accuracy
+    accs, secs, iters = SYNTHETIC[("ldrl", "adaptive")][1]
+    _fake_run(runs / "new", "ldrl", "adaptive", 1, accs, secs, iters)
+    rep = report.make_report([runs], out=tmp_path / "r", plots=False)
+    paper, adaptive = rep["groups"]
+    assert adaptive["time_to_accuracy"]["feedback_iterations_share"] == pytest.approx(400 / 600)
+    assert adaptive["time_to_accuracy"]["train_seconds_share"] == pytest.approx(10 / 12)
+    row = next(line for line in (tmp_path / "r" / "report.md").read_text().splitlines()
+               if line.startswith("| mlp | digits | ldrl (adaptive) | 1 |"))
+    assert row.endswith("| 400 | 66.7% | 83.3% | - | - |")
+
+
+def test_time_to_accuracy_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = _synthetic(tmp_path / "runs")
+    rep = report.make_report([runs], out=tmp_path / "r")
+    assert rep["figures"] == ["accuracy.png", "loss.png", "time.png", "time_to_accuracy.png"]  # no diagnostics
+    assert (tmp_path / "r" / "time_to_accuracy.png").read_bytes()[:8] == PNG_MAGIC
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "**time_to_accuracy.png**: Test top-1 accuracy" in md and "](time_to_accuracy.png)" in md
+
+
+def test_paper_recipes_of_one_network_are_compared(tmp_path):
+    """Runs of cifar10-vgg-ldrl and cifar10-vgg-bp (two recipes, one network) are set against each other."""
+    for algo, seconds in (("ldrl", 8.0), ("bp", 2.0)):
+        _fake_run(tmp_path / "runs" / algo, algo, "paper" if algo == "ldrl" else None, 0, [0.5, 0.6], [4, 4],
+                  [100, 100] if algo == "ldrl" else None)
+        summary = json.loads((tmp_path / "runs" / algo / "summary.json").read_text())
+        summary.update(preset=f"cifar10-vgg-{algo}", dataset="cifar10", arch={"channels": [4, 8]},
+                       train_seconds=seconds)
+        (tmp_path / "runs" / algo / "summary.json").write_text(json.dumps(summary))
+    groups = report.make_report([tmp_path / "runs"], out=tmp_path / "r", plots=False)["groups"]
+    ldrl = next(g for g in groups if g["algo"] == "ldrl")
+    assert ldrl["time_to_accuracy"]["backprop_group"] == "cifar10-vgg-bp cifar10 backprop"
+    assert ldrl["time_to_accuracy"]["backprop_time_multiple"] == pytest.approx(4.0)

@@ -1,16 +1,21 @@
 """``dtp-fast report``: tables and figures for finished runs, grouped over seeds.
 
 Reads run folders written by :class:`~dtp_fast.Trainer` (``summary.json`` and
-``metrics.jsonl``), groups them by (preset, dataset, algo) -- runs of one group
-with different seeds are repeats -- and writes to the output folder:
+``metrics.jsonl``), groups them by (preset, dataset, algo, feedback budget) --
+runs of one group with different seeds are repeats; L-DRL with the paper's
+feedback budget and with the adaptive one are different groups -- and writes to
+the output folder:
 
 - ``report.md``: one table row per group (test top-1/top-5 as mean ± sample
   std over the seeds, best top-1, seconds per epoch, images/s, feedback share
-  of the training time), the final weight-alignment angles per layer of the
-  groups that train feedback weights (L-DRL and the other DTP variants), the
-  list of runs and links to the figures;
-- ``accuracy.png``, ``loss.png``, ``alignment.png``, ``time.png`` (matplotlib,
-  imported only when the figures are drawn);
+  of the training time), with several groups a time-to-accuracy table (total
+  training seconds and feedback iterations, as shares of the paper-budget L-DRL
+  group's and multiples of backprop's, and the seconds to backprop's final
+  accuracy), the final weight-alignment angles per layer of the groups that
+  train feedback weights (L-DRL and the other DTP variants), the list of runs
+  and links to the figures;
+- ``accuracy.png``, ``loss.png``, ``alignment.png``, ``time.png``,
+  ``time_to_accuracy.png`` (matplotlib, imported only when the figures are drawn);
 - ``report.json``: the same numbers, and the per-epoch curves, as JSON.
 
 A folder given on the command line that is not itself a run is searched for
@@ -83,9 +88,12 @@ def make_report(paths, out=None, title: str | None = None, plots: bool = True, w
                  "(ddof=1), null for one run",
         "n_runs": len(runs),
         "runs": [{"path": rel(r["dir"]), "preset": r["preset"], "dataset": r["dataset"], "algo": r["algo"],
-                  "seed": r["seed"], "epochs": r["summary"]["epochs"],
+                  "feedback_budget": r["feedback_budget"], "seed": r["seed"], "epochs": r["summary"]["epochs"],
                   "test_accuracy": r["summary"]["test_accuracy"], "test_top5": r["summary"].get("test_top5"),
                   "best_test_accuracy": r["summary"].get("best_test_accuracy"),
+                  "train_seconds": r["summary"].get("train_seconds"),
+                  "feedback_iterations": None if r["algo"] == "bp" else
+                  (r["summary"].get("feedback_iterations") or {}).get("total"),
                   "backend": r["summary"].get("backend"), "device": r["summary"].get("device")}
                  for g in groups for r in (by_path[p] for p in g["runs"])],
         "groups": groups,

@@ -4,11 +4,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .runs import ReportError
+from .runs import ReportError, _along
 
 __all__ = ["FIGURES", "write_figures", "require_matplotlib"]
 
-FIGURES = ("accuracy.png", "loss.png", "alignment.png", "time.png")
+FIGURES = ("accuracy.png", "loss.png", "alignment.png", "time.png", "time_to_accuracy.png")
 
 
 def require_matplotlib():
@@ -36,11 +36,13 @@ def _color(i: int):
     return f"C{i % 10}"
 
 
-def _band(ax, c: dict, color, scale=1.0, label=None, style="-", band=True):
+def _band(ax, c: dict, color, scale=1.0, label=None, style="-", band=True, x=None):
+    """Curve ``c``'s mean, with its min-max band, against the epochs (or against ``x``)."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    x = c["epoch"]
+    if x is None:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        x = c["epoch"]
     ax.plot(x, [scale * v for v in c["mean"]], style, color=color, label=label, marker="o" if len(x) < 3 else None,
             markersize=3)
     if band and any(n > 1 for n in c["n"]):
@@ -134,4 +136,31 @@ def write_figures(groups: list[dict], out: Path) -> list[str]:
     ax.margins(y=0.15)
     ax.legend(fontsize=8)
     save(fig, "time.png")
+
+    # time to accuracy: test accuracy against the cumulative training seconds and feedback iterations
+    panels = [(k, xlabel, [(i, g) for i, g in enumerate(groups) if "test_accuracy" in g["curves"]
+                           and k in g["curves"]])
+              for k, xlabel in (("cumulative_train_seconds", "training seconds (cumulative, mean over seeds)"),
+                                ("cumulative_feedback_iterations",
+                                 "feedback iterations (cumulative, mean over seeds)"))]
+    panels = [p for p in panels if p[2]]
+    if panels:
+        fig = Figure(figsize=(5.2 * len(panels), 4.5))
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (key, xlabel, drawn) in zip(axes, panels):
+            for i, g in drawn:
+                c = _along(g["curves"]["test_accuracy"], g["curves"][key])
+                if c is not None:
+                    _band(ax, c, _color(i), 100, legend_label(g), x=c["x"])
+            for i, g in enumerate(groups):
+                if g["algo"] == "bp" and g["test_accuracy"] is not None:
+                    ax.axhline(100 * g["test_accuracy"]["mean"], color=_color(i), linestyle=":", linewidth=1)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_xlim(left=0)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle("Time to accuracy: test top-1 (mean, min-max band over seeds; dotted: backprop's final)",
+                     fontsize=10)
+        save(fig, "time_to_accuracy.png")
     return written

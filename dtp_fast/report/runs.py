@@ -1,8 +1,10 @@
 """Finished runs for the report: finding and reading run folders, grouping them over seeds.
 
 A run folder holds ``summary.json`` and ``metrics.jsonl`` (written by
-:class:`~dtp_fast.Trainer`); runs are grouped by (preset, dataset, algo), the
-runs of one group with different seeds being repeats.
+:class:`~dtp_fast.Trainer`); runs are grouped by (preset, dataset, algo, feedback
+budget), the runs of one group with different seeds being repeats. The feedback
+budget is the ``feedback_budget`` setting ("paper" or "adaptive"; "paper" for a
+summary written before the setting existed, None for backprop).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ METRICS = "metrics.jsonl"
 ALGO_NAMES = {"ldrl": "L-DRL", "parallel": "parallel L-DRL", "dtp": "DTP", "tp": "TP", "drl": "DRL",
               "bp": "backprop"}
 _ALGO_ORDER = {name: i for i, name in enumerate(ALGO_NAMES)}
+_BUDGET_ORDER = {"paper": 0, "adaptive": 1}
 # config keys that may differ between the seeds of a group without making them different experiments
 _NOT_SETTINGS = {"seed", "progress", "device", "backend", "diagnostics", "feedback_memory", "tensorboard"}
 
@@ -104,7 +107,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def load_run(path) -> dict:
-    """One run folder: ``{"dir", "summary", "metrics", "preset", "dataset", "algo", "seed"}``."""
+    """One run folder: ``{"dir", "summary", "metrics", "preset", "dataset", "algo", "seed",
+    "feedback_budget"}`` (the budget is None for backprop, which trains no feedback weights)."""
     path = Path(path)
     missing = [name for name in (SUMMARY, METRICS) if not (path / name).is_file()]
     if missing:
@@ -122,7 +126,8 @@ def load_run(path) -> dict:
     config = summary.get("config") or {}
     return {"dir": path, "summary": summary, "metrics": metrics,
             "preset": summary.get("preset") or "custom", "dataset": summary.get("dataset") or "?",
-            "algo": summary["algo"], "seed": config.get("seed")}
+            "algo": summary["algo"], "seed": config.get("seed"),
+            "feedback_budget": None if summary["algo"] == "bp" else config.get("feedback_budget") or "paper"}
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -149,6 +154,30 @@ def _curve(runs, get) -> dict | None:
     return {"epoch": epochs, "mean": [statistics.fmean(by_epoch[e]) for e in epochs],
             "min": [min(by_epoch[e]) for e in epochs], "max": [max(by_epoch[e]) for e in epochs],
             "n": [len(by_epoch[e]) for e in epochs]}
+
+
+def _running_sum(r: dict, get) -> dict:
+    """Run ``r`` with one metrics record per epoch holding the running sum of ``get(record)`` as "value"
+    (up to the first epoch that lacks it), for :func:`_curve`."""
+    out, total = [], 0.0
+    for rec in r["metrics"]:
+        v = get(rec)
+        if v is None or not math.isfinite(float(v)):
+            break
+        total += float(v)
+        out.append({"epoch": rec["epoch"], "value": total})
+    return {"metrics": out}
+
+
+def _along(c: dict, x: dict) -> dict | None:
+    """Curve ``c`` at the epochs that curve ``x`` also has, with "x": the mean of ``x`` there (for
+    plotting ``c`` against, say, the cumulative training seconds instead of the epoch)."""
+    xs = dict(zip(x["epoch"], x["mean"]))
+    keep = [i for i, e in enumerate(c["epoch"]) if e in xs]
+    if not keep:
+        return None
+    out = {k: [c[k][i] for i in keep] for k in ("epoch", "mean", "min", "max", "n")}
+    return {**out, "x": [xs[e] for e in out["epoch"]]}
 
 
 def _per_epoch(s: dict, key: str):
@@ -180,23 +209,74 @@ def _differences(runs) -> dict:
     return diff
 
 
+def _mean(st: dict | None):
+    return None if st is None else st["mean"]
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _network(g: dict) -> tuple:
+    """What makes two groups comparable: the data set and the network (a paper experiment's preset,
+    such as cifar10-vgg-bp, stands for its network preset) with its architecture settings."""
+    from ..presets import RECIPES
+
+    preset = RECIPES[g["preset"]].preset if g["preset"] in RECIPES else g["preset"]
+    return preset, g["dataset"], json.dumps(g.get("arch"), sort_keys=True)
+
+
+def _time_to_accuracy(groups: list[dict]) -> None:
+    """Set each group's "time_to_accuracy": its mean totals relative to the paper-budget L-DRL group
+    and to the backprop group of the same network and data set (:func:`_network`), and the epoch and training seconds
+    (mean over the seeds) at which its mean test accuracy first reaches backprop's final mean
+    test accuracy. A number whose reference group is missing is None."""
+    for g in groups:
+        same = [h for h in groups if _network(h) == _network(g)]
+        paper = next((h for h in same if h["algo"] == "ldrl" and h["feedback_budget"] == "paper"), None)
+        bp = next((h for h in same if h["algo"] == "bp"), None)
+        t = {"paper_group": paper and paper["label"], "backprop_group": bp and bp["label"],
+             "feedback_iterations_share": None, "train_seconds_share": None, "backprop_time_multiple": None,
+             "backprop_accuracy": None, "reached_backprop_accuracy": None, "epoch_to_backprop_accuracy": None,
+             "seconds_to_backprop_accuracy": None}
+        if paper is not None:
+            t["feedback_iterations_share"] = _ratio(_mean(g["feedback_iterations"]),
+                                                    _mean(paper["feedback_iterations"]))
+            t["train_seconds_share"] = _ratio(_mean(g["train_seconds"]), _mean(paper["train_seconds"]))
+        if bp is not None and bp["test_accuracy"] is not None:
+            t["backprop_time_multiple"] = _ratio(_mean(g["train_seconds"]), _mean(bp["train_seconds"]))
+            t["backprop_accuracy"] = target = bp["test_accuracy"]["mean"]
+            acc, secs = g["curves"].get("test_accuracy"), g["curves"].get("cumulative_train_seconds")
+            c = _along(acc, secs) if acc and secs else None
+            if c is not None:
+                hit = next(((e, x) for e, x, m in zip(c["epoch"], c["x"], c["mean"]) if m >= target), None)
+                t["reached_backprop_accuracy"] = hit is not None
+                if hit is not None:
+                    t["epoch_to_backprop_accuracy"], t["seconds_to_backprop_accuracy"] = hit
+        g["time_to_accuracy"] = t
+
+
 def group_runs(runs: list[dict]) -> list[dict]:
-    """Groups by (preset, dataset, algo) with their aggregated numbers (accuracies as
-    fractions, as in ``summary.json``; times in seconds)."""
+    """Groups by (preset, dataset, algo, feedback budget) with their aggregated numbers
+    (accuracies as fractions, as in ``summary.json``; times in seconds), and each group's
+    "time_to_accuracy" (see :func:`_time_to_accuracy`)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["preset"], r["dataset"], r["algo"]), []).append(r)
+        groups.setdefault((r["preset"], r["dataset"], r["algo"], r["feedback_budget"]), []).append(r)
     out = []
-    for (preset, dataset, algo), members in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], _ALGO_ORDER.get(kv[0][2], 9), kv[0][2])):
+    for (preset, dataset, algo, budget), members in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], _ALGO_ORDER.get(kv[0][2], 9), kv[0][2],
+                                            _BUDGET_ORDER.get(kv[0][3], 9), str(kv[0][3]))):
         members.sort(key=lambda r: (r["seed"] is None, r["seed"] if isinstance(r["seed"], int) else 0,
                                     str(r["dir"])))
         sums = [r["summary"] for r in members]
         seeds = [r["seed"] for r in members]
         dup = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
         g = {
-            "preset": preset, "dataset": dataset, "algo": algo,
-            "label": f"{preset} {dataset} {ALGO_NAMES.get(algo, algo)}",
+            "preset": preset, "dataset": dataset, "algo": algo, "feedback_budget": budget,
+            "arch": sums[0].get("arch"),
+            "label": f"{preset} {dataset} {ALGO_NAMES.get(algo, algo)}"
+                     + (f" ({budget} budget)" if budget not in (None, "paper") else ""),
             "n_runs": len(members), "seeds": seeds, "duplicate_seeds": dup,
             "runs": [str(r["dir"]) for r in members],
             "epochs": sorted({s["epochs"] for s in sums}),
@@ -211,6 +291,9 @@ def group_runs(runs: list[dict]) -> list[dict]:
             "images_per_second": _stats(s.get("images_per_second") for s in sums),
             "feedback_share": _stats((s.get("feedback_seconds") or 0.0) / s["train_seconds"]
                                      if s.get("train_seconds") else None for s in sums),
+            "train_seconds": _stats(s.get("train_seconds") for s in sums),
+            "feedback_iterations": None if algo == "bp" else
+            _stats((s.get("feedback_iterations") or {}).get("total") for s in sums),
             "alignment": {}, "gradient_angle_deg": {},
             "settings_differ": _differences(members),
         }
@@ -227,6 +310,13 @@ def group_runs(runs: list[dict]) -> list[dict]:
             layer: _curve(members, lambda rec, layer=layer: ((rec.get("alignment") or {}).get(layer) or {})
                           .get("angle_deg"))
             for layer in _layers(rec.get("alignment") for r in members for rec in r["metrics"])}
+        curves["cumulative_train_seconds"] = _curve([_running_sum(r, lambda rec: rec.get("epoch_seconds"))
+                                                     for r in members], lambda rec: rec["value"])
+        curves["cumulative_feedback_iterations"] = None if algo == "bp" else _curve(
+            [_running_sum(r, lambda rec: sum(rec["feedback_iterations"].values())
+                          if rec.get("feedback_iterations") is not None else None) for r in members],
+            lambda rec: rec["value"])
         g["curves"] = {k: v for k, v in curves.items() if v}
         out.append(g)
+    _time_to_accuracy(out)
     return out
