@@ -2,6 +2,7 @@
 decides per layer and batch from the weights alone, the same for every backend, across a resume and
 on every rank; bad knobs are named."""
 import json
+import math
 
 import pytest
 import torch
@@ -167,8 +168,41 @@ def test_bad_budget_flags_get_one_line_errors(tmp_path, capsys):
     assert "invalid choice: 'cheap'" in capsys.readouterr().err
 
 
+def test_the_policy_reads_the_angles_the_diagnostics_report():
+    from dtp_fast.diagnostics import weight_alignment
+    from dtp_fast.feedback.budget import _angles
+
+    net = dtp_fast.lenet((1, 8, 8), 10, channels=(4, 8), hidden=16)
+    expected = [a["angle_deg"] for a in weight_alignment(net).values()]
+    assert _angles(net) == pytest.approx(expected, abs=1e-9)
+    with torch.no_grad():
+        net.block_list()[1].g_op.weight.fill_(float("nan"))
+    assert math.isnan(_angles(net)[0])
+
+
 def test_budget_knobs_are_checked_by_the_policy_too():
     with pytest.raises(ValueError, match="decay"):
         AdaptiveBudget(decay=0)
     with pytest.raises(ValueError, match="patience"):
         AdaptiveBudget(patience=0)
+
+
+def test_the_budget_sweep_writes_its_results(tmp_path):
+    """benchmarks/budget_sweep.py (the README's digits numbers) at its smallest: one seed, one epoch."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "budget_sweep.py"
+    spec = importlib.util.spec_from_file_location("budget_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    assert sweep.main(["--seeds", "0", "--epochs", "1", "--policies", "paper,adaptive", "--out", str(tmp_path)]) == 0
+    (js,) = tmp_path.glob("*-budget-digits.json")
+    rep = json.loads(js.read_text())
+    assert {"command", "commit", "machine", "date"} <= set(rep["origin"])
+    paper, adaptive = rep["policies"]
+    assert paper["share"]["mean"] == 1.0 and paper["runs"][0]["alarms"] == 0
+    assert 0.5 <= adaptive["share"]["mean"] < 1.0            # 45 batches: 30 warm-up, then cuts to the floor
+    assert "| adaptive |" in js.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        sweep.main(["--policies", "cheap"])

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 COMMAND = Command(
     "report", help="markdown tables and PNG figures for finished runs, seeds grouped",
     description="Write report.md, report.json and PNG figures (accuracy and loss curves, alignment angles, "
-                "feedback vs forward time) for run folders, grouped by (preset, dataset, algo) with seeds as "
-                "repeats.",
+                "feedback vs forward time, time to accuracy) for run folders, grouped by (preset, dataset, algo, "
+                "feedback budget) with seeds as repeats.",
     add_arguments=add_arguments, run=run)
 main = COMMAND.main

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import torch
+
 from .engine import LayerHParams
 
 __all__ = ["AdaptiveBudget", "BUDGETS"]
@@ -35,11 +37,23 @@ __all__ = ["AdaptiveBudget", "BUDGETS"]
 BUDGETS = ("paper", "adaptive")
 
 
-def _angle(block) -> float:
-    """Angle (degrees) between G's weight and F's weight transposed, in float64 (nan if not finite)."""
-    from ..diagnostics import angle_and_distance, feedback_alignment_pair
+def _angles(net) -> list[float]:
+    """Per trained feedback layer, the angle (degrees) between G's weight and F's weight transposed,
+    in float64 (nan if not finite); one transfer from the device for all layers."""
+    from ..diagnostics import feedback_alignment_pair
 
-    return angle_and_distance(*feedback_alignment_pair(block))["angle_deg"]
+    blocks = net.block_list()
+    rows = []
+    for i in range(1, len(net.feedback_names) + 1):
+        w, v = (t.detach().double().flatten() for t in feedback_alignment_pair(blocks[i]))
+        rows.append(torch.stack([w @ v, w.norm() * v.norm()]))
+    out = []
+    for dot, norms in torch.stack(rows).tolist():
+        if not (math.isfinite(dot) and math.isfinite(norms)):
+            out.append(math.nan)
+        else:
+            out.append(math.degrees(math.acos(max(-1.0, min(1.0, dot / norms)))) if norms > 0 else 90.0)
+    return out
 
 
 @dataclass
@@ -88,10 +102,8 @@ class AdaptiveBudget:
 
     def plan(self, net, hparams: list[LayerHParams]) -> list[LayerHParams]:
         """The per-layer settings for the next batch (and the policy's state advanced by one batch)."""
-        blocks = net.block_list()
         out = []
-        for i, (name, hp) in enumerate(zip(net.feedback_names, hparams), start=1):
-            angle = _angle(blocks[i])
+        for name, hp, angle in zip(net.feedback_names, hparams, _angles(net)):
             share = self.share.get(name, 1.0)
             if self.batches < self.warmup or name not in self.mean:
                 self.mean[name] = self.ref[name] = angle
