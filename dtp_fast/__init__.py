@@ -8,4 +8,5 @@ from .presets import PRESETS, get_preset, lenet, mlp, simple_vgg
 from .diagnostics import gradient_alignment, weight_alignment
 from .data import Dataset, Loader, load_dataset
 from .trainer import NonFiniteLossError, TrainConfig, Trainer
+from .wrapper import DTP
 from .api import make_run, train

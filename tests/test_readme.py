@@ -28,3 +28,12 @@ def test_demo_ldrl_within_3_points_of_backprop(tmp_path, capsys):
     ldrl, bp = (float(v) / 100 for v in re.search(r"L-DRL ([\d.]+)% vs backprop ([\d.]+)%", out).groups())
     assert ldrl >= 0.93, out
     assert bp - ldrl <= 0.03, out
+
+
+def test_readme_own_loop_example_runs():
+    """The two-changed-lines example (dtp_fast.DTP in a plain PyTorch loop) trains the digits."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    example = next(b for b in blocks if "dtp_fast.DTP(" in b)
+    scope: dict = {}
+    exec(compile(example, "README.md", "exec"), scope)
+    assert scope["accuracy"] > 0.9 and scope["model"].step == 10 * 45
