@@ -93,6 +93,11 @@ class DTP(nn.Module):
         self.last_step: dict = {}     # the last DTP step: {"loss", "feedback": {layer: {"iterations", "loss"}}}
         self._pending: _Pending | None = None
 
+    @classmethod
+    def from_config(cls, model: nn.Module, config: TrainConfig, in_shape=None) -> "DTP":
+        """The wrapper with the DTP settings of a :class:`~dtp_fast.TrainConfig` (the others are the loop's)."""
+        return cls(model, in_shape, **{k: getattr(config, k) for k in _SETTINGS})
+
     # ------------------------------------------------------------------ parameters
     def parameters(self, recurse: bool = True):
         """The forward weights (what the user's optimiser trains); the feedback weights are DTP's."""
