@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .data import Dataset, Loader
+from .data.torch_data import TorchLoader, is_torch_source
 from .diagnostics import gradient_alignment, weight_alignment
 from .distributed import Distributed, DistributedError, current
 from .dtp import bp_loss, dtp_loss
@@ -26,6 +27,13 @@ from .utils import (CheckpointError, Stopwatch, atomic_save, atomic_write_json, 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _data_name(dataset) -> str:
+    """A dtp_fast data set's name, else the class of a torch.utils.data source (DataLoader: its data set's)."""
+    if isinstance(dataset, Dataset):
+        return dataset.name
+    return type(getattr(dataset, "dataset", dataset)).__name__
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,9 +50,12 @@ class Trainer:
 
     Args:
         net: the network (forward and feedback blocks).
-        dataset: a :class:`~dtp_fast.data.Dataset`; None for a trainer driven
-            batch by batch through :meth:`train_step` (then :meth:`fit`,
-            :meth:`evaluate` and :meth:`diagnostics` are unavailable).
+        dataset: a :class:`~dtp_fast.data.Dataset`; or a standard ``torch.utils.data``
+            ``DataLoader`` or map-style ``Dataset`` of the training split (then ``test``
+            gives the test split, the same way; see :class:`~dtp_fast.data.torch_data.TorchLoader`;
+            one process only); None for a trainer driven batch by batch through
+            :meth:`train_step` (then :meth:`fit`, :meth:`evaluate` and :meth:`diagnostics`
+            are unavailable).
         config: a :class:`TrainConfig`.
         out: a folder for ``metrics.jsonl``, ``summary.json`` and the
             checkpoint (optional).
@@ -59,7 +70,7 @@ class Trainer:
 
     def __init__(self, net, dataset: Dataset | None = None, config: TrainConfig | None = None, *, out=None,
                  resume: bool = False, noise: NoiseSource | None = None, info: dict | None = None,
-                 dist: Distributed | None = None):
+                 dist: Distributed | None = None, test=None):
         if config is not None and not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got a {type(config).__name__}: build one with "
                             f"TrainConfig(**settings)")
@@ -72,10 +83,20 @@ class Trainer:
                              f"{self.dist.world}")
         self.device = resolve_device(config.device)
         self.dtype = getattr(torch, config.dtype)
-        if dataset is not None and tuple(dataset.in_shape) != tuple(net.in_shape):
+        torch_data = dataset is not None and is_torch_source(dataset)
+        if torch_data and self.dist.world > 1:
+            raise ValueError("torch.utils.data sources are not supported in data-parallel runs: their order is not "
+                             "split by global sample index; use a dtp_fast data set (dtp_fast.load_dataset), which is")
+        if torch_data and test is None:
+            raise ValueError("training from a torch.utils.data source needs test=..., the test split (a DataLoader "
+                             "or data set), for the evaluation and diagnostics after every epoch")
+        if test is not None and not torch_data:
+            raise ValueError("test= goes with a torch.utils.data training source; a dtp_fast data set brings its own "
+                             "test split")
+        if dataset is not None and not torch_data and tuple(dataset.in_shape) != tuple(net.in_shape):
             raise ValueError(f"the data set's images have shape {tuple(dataset.in_shape)} but the network expects "
                              f"{tuple(net.in_shape)}: build the network for this data set")
-        if dataset is not None and dataset.num_classes != net.num_classes:
+        if dataset is not None and not torch_data and dataset.num_classes != net.num_classes:
             raise ValueError(f"the data set has {dataset.num_classes} classes but the network outputs "
                              f"{net.num_classes}")
         self.net = net.to(device=self.device, dtype=self.dtype)
@@ -104,7 +125,15 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=config.t_max or config.epochs, eta_min=config.eta_min)
         self.train_loader = self.test_loader = self.diag_loader = None
-        if dataset is not None:
+        if torch_data:
+            kw = dict(device=self.device, dtype=self.dtype, seed=config.seed, in_shape=net.in_shape,
+                      num_classes=net.num_classes)
+            self.train_loader = TorchLoader(dataset, config.batch_size, limit_batches=config.limit_batches,
+                                            what="the training data", **kw)
+            self.test_loader = TorchLoader(test, max(config.batch_size, 256), shuffle=False, what="the test data",
+                                           **kw)
+            self.diag_loader = TorchLoader(test, 256, shuffle=False, what="the test data", **kw)
+        elif dataset is not None:
             loader_kw = dict(device=self.device, dtype=self.dtype, seed=config.seed)
             shard = (self.dist.rank, self.dist.world)
             self.train_loader = Loader(dataset, "train", config.batch_size, augment=config.augment,
@@ -137,7 +166,7 @@ class Trainer:
         out = {**config, "network": [(n, tuple(p.shape)) for n, p in self.net.named_parameters()],
                 "epoch": self.epoch, "step": self.step}
         if self.dataset is not None:
-            out.update(dataset=self.dataset.name, train_size=self.train_loader.num_samples,
+            out.update(dataset=_data_name(self.dataset), train_size=self.train_loader.num_samples,
                        test_size=self.test_loader.num_samples)
         return out
 
@@ -478,7 +507,7 @@ class Trainer:
         return {
             **self.info,
             "algo": self.config.algo,
-            "dataset": self.info.get("dataset", self.dataset.name if self.dataset is not None else None),
+            "dataset": self.info.get("dataset", _data_name(self.dataset) if self.dataset is not None else None),
             "backend": (self.backend if self.backend is not None
                         else "none (backprop)" if self.config.algo == "bp" else "autograd (family method)"),
             "device": str(self.device),
