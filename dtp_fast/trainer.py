@@ -501,6 +501,14 @@ class Trainer:
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
+    def _iterations_summary(self) -> dict:
+        """Feedback iterations spent: total, per layer, and the share of the configured budget (what the
+        ``paper`` policy spends: every layer's iterations on every step)."""
+        spent = dict(self.totals.get("feedback_iterations", {}))
+        configured = self.step * sum(hp.iterations for hp in self.fb_hparams) if self.fb_hparams else 0
+        return {"total": sum(spent.values()), "per_layer": spent,
+                "share_of_configured": sum(spent.values()) / configured if configured else None}
+
     def summary(self) -> dict:
         last = self.history[-1] if self.history else {}
         t = self.totals
@@ -519,8 +527,7 @@ class Trainer:
             "images_per_second": t["images"] / t["train_seconds"] if t["train_seconds"] else None,
             "train_seconds": t["train_seconds"],
             "feedback_seconds": t["feedback_seconds"],
-            "feedback_iterations": {"total": sum(t.get("feedback_iterations", {}).values()),
-                                    "per_layer": dict(t.get("feedback_iterations", {}))},
+            "feedback_iterations": self._iterations_summary(),
             "forward_seconds": t["forward_seconds"],
             "comm_seconds": t.get("comm_seconds", 0.0),
             "ranks": self.dist.world,

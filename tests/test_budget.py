@@ -68,6 +68,8 @@ def test_adaptive_cuts_raises_the_lr_within_its_bound_and_records_alarms():
         for (k, lr), (p, base) in zip(plan, paper):
             assert max(1, -(-p // 4)) <= k <= p                           # never below the floor's share
             assert lr == pytest.approx(base * min(p / k, 2.0))           # the step kept up to lr_scale
+    spent = sum(k for plan in plans for k, _ in plan)
+    assert trainer.summary()["feedback_iterations"]["share_of_configured"] == spent / (12 * sum(p for p, _ in paper))
     last = trainer.history[-1]
     assert last["feedback_iterations"] == {n: sum(plan[i][0] for plan in plans[6:])
                                            for i, n in enumerate(trainer.net.feedback_names)}

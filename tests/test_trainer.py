@@ -180,9 +180,10 @@ def test_feedback_iterations_are_counted_per_epoch_and_over_a_resumed_run(tmp_pa
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["feedback_iterations"] for line in lines] == [{k: 3 * v for k, v in paper.items()}] * 2
     assert summary["feedback_iterations"] == {"total": 6 * sum(paper.values()),
-                                              "per_layer": {k: 6 * v for k, v in paper.items()}}
+                                              "per_layer": {k: 6 * v for k, v in paper.items()},
+                                              "share_of_configured": 1.0}
     bp = make_run("lenet", "digits", algo="bp", out=tmp_path / "bp", **QUICK).fit()
-    assert bp["feedback_iterations"] == {"total": 0, "per_layer": {}}
+    assert bp["feedback_iterations"] == {"total": 0, "per_layer": {}, "share_of_configured": None}
 
 
 class _Planted:

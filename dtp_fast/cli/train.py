@@ -243,6 +243,10 @@ def _print_summary(s: dict, out) -> None:
           f"test accuracy {s['test_accuracy']:.4f}{top5} after {s['epochs']} epochs; "
           f"{s['images_per_second']:.0f} img/s, feedback {s['feedback_seconds']:.1f} s, "
           f"forward {s['forward_seconds']:.1f} s")
+    share = (s.get("feedback_iterations") or {}).get("share_of_configured")
+    if share is not None:
+        print(f"  feedback iterations: {s['feedback_iterations']['total']}, {100 * share:.0f}% of "
+              f"--feedback-iters on every batch ({(s.get('config') or {}).get('feedback_budget', 'paper')} budget)")
     for name, a in s.get("alignment", {}).items():
         print(f"  {name}: angle(G, F^T) {a['angle_deg']:.1f} deg, distance {a['distance']:.3f}")
     print(f"  written to {out}/ (summary.json, metrics.jsonl, checkpoint.pt)")
