@@ -6,7 +6,8 @@ the paper's feedback iterations, over seeds.
 
 Each policy trains ``dtp-fast train --algo ldrl`` (SimpleVGG on digits, the preset's settings) once per
 seed, one after the other on one CPU thread. Writes ``<out>/<machine>-<date>-budget-digits.json`` and
-``.md``: per run the test accuracy (or the epoch where the loss became NaN/inf), the feedback iterations
+``.md`` (``<machine>``: the CPU's name and cores, lower case, dashes): per run the test accuracy (or the
+epoch where the loss became NaN/inf), the feedback iterations
 spent as a share of the paper's (total and per layer), the alarms, the final weight alignment and the
 training seconds; per policy the mean and sample std over the seeds and the number of seeds that diverged.
 """
@@ -16,6 +17,7 @@ import argparse
 import datetime
 import json
 import pathlib
+import re
 import statistics
 import sys
 
@@ -125,7 +127,8 @@ def main(argv=None) -> int:
             "share_per_layer": {k: _stats([r["share_per_layer"][k] for r in runs]) for k in layers}})
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{machine_name()}-{datetime.date.today().isoformat()}-budget-digits"
+    machine = re.sub(r"[^a-z0-9]+", "-", machine_name().lower()).strip("-")
+    stem = f"{machine}-{datetime.date.today().isoformat()}-budget-digits"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / f"{stem}.md").write_text(to_markdown(report))
     print(f"written to {out / stem}.json and .md")
