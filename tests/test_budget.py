@@ -208,3 +208,14 @@ def test_the_budget_sweep_writes_its_results(tmp_path):
     assert "| adaptive |" in js.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         sweep.main(["--policies", "cheap"])
+
+
+def test_the_cli_trains_with_the_adaptive_budget_and_says_what_it_spent(tmp_path, capsys):
+    assert main(["train", "--preset", "lenet", "--feedback-budget", "adaptive", "--budget-warmup", "1",
+                 "--budget-floor", "0.5", "--epochs", "1", "--limit-batches", "4", "--batch-size", "16",
+                 "--feedback-iters", "4", "--no-diagnostics", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    share = summary["feedback_iterations"]["share_of_configured"]
+    assert 0.5 <= share < 1 and summary["config"]["feedback_budget"] == "adaptive"
+    assert f"{100 * share:.0f}% of --feedback-iters on every batch (adaptive budget)" in out
