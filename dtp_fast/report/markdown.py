@@ -26,6 +26,11 @@ def _secs(st: dict | None) -> str:
     return "-" if st is None else f"{st['mean']:.3g}"
 
 
+def _total_secs(st: dict | None) -> str:
+    """Whole seconds with thousands separators from 100 s up (3,502), else 3 significant digits."""
+    return "-" if st is None else f"{st['mean']:,.0f}" if st["mean"] >= 100 else f"{st['mean']:.3g}"
+
+
 def _algo(g: dict) -> str:
     """The algo column: the algo, and the feedback budget when it is not the paper's."""
     budget = g.get("feedback_budget")
@@ -54,7 +59,7 @@ def _time_to_accuracy(groups: list[dict]) -> list[str]:
         else:
             reach = "not reached"
         lines.append(f"| {g['preset']} | {g['dataset']} | {_algo(g)} | {g['n_runs']} | "
-                     f"{_pct_pm(g['test_accuracy'])} | {_secs(g['train_seconds'])} | {its} | "
+                     f"{_pct_pm(g['test_accuracy'])} | {_total_secs(g['train_seconds'])} | {its} | "
                      f"{_share(t['feedback_iterations_share'])} | {_share(t['train_seconds_share'])} | {mult} | "
                      f"{reach} |")
     lines += ["", "Test top-1: after the last epoch, mean ± sample std over the seeds. Train s: training seconds "
