@@ -115,6 +115,7 @@ class Trainer:
                 iters = fb.resolve(net.feedback_names)
                 fb.iterations, fb.samples = 1, max(config.feedback_samples, max(h.iterations for h in iters))
             self.fb_hparams = fb.resolve(net.feedback_names)
+        self._origin = origin()       # the code this process runs: its commit as it starts, not as it ends
         self.fb_state = FeedbackState()
         self.budget = config.budget_policy()     # None: the paper's budget
         self.memory_budget = ("default" if config.feedback_memory is None
@@ -535,5 +536,5 @@ class Trainer:
             "gradient_angle_deg": last.get("gradient_angle_deg", {}),
             "config": dataclasses.asdict(self.config),
             "versions": versions(),
-            **origin(),     # command, commit, machine, date
+            **self._origin, "date": origin()["date"],    # command, commit and machine as the run started
         }

@@ -378,3 +378,16 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, 
     for k, v in full.fb_state.buffers.items():
         assert torch.equal(v, resumed.fb_state.buffers[k]), k
     assert list(out.glob("*.tmp")) + list(out.glob(".*.tmp")) == []                   # cleaned up by the resume
+
+
+def test_the_summary_names_the_commit_the_run_started_from(monkeypatch):
+    """A checkout that moves on while a run trains (a long run, a busy repository) does not relabel it."""
+    import itertools
+
+    import dtp_fast.trainer as trainer_mod
+
+    commits = itertools.count()
+    monkeypatch.setattr(trainer_mod, "origin", lambda: {"command": "c", "commit": f"commit{next(commits)}",
+                                                        "machine": "m", "date": "d"})
+    trainer = make_run("lenet", "digits", algo="bp", **{**QUICK, "epochs": 1})
+    assert trainer.fit()["commit"] == "commit0"
