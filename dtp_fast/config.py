@@ -38,9 +38,8 @@ class TrainConfig:
     feedback_samples: int = 1
     feedback_budget: str = "paper"    # "paper": every layer's iterations on every batch; "adaptive": see budget_*
     budget_floor: float = AdaptiveBudget.floor            # adaptive: least share of a layer's iterations
-    budget_lr_scale: float = AdaptiveBudget.lr_scale      # adaptive: most the feedback lr rises for a cut
+    budget_lr_scale: float = AdaptiveBudget.lr_scale      # adaptive: iterations / and feedback lr x this
     budget_warmup: int = AdaptiveBudget.warmup            # adaptive: batches at the full budget first
-    budget_alarm_deg: float = AdaptiveBudget.alarm_deg    # adaptive: angle rise that doubles a share
     feedback_memory: float | None = None   # MiB for precomputed perturbations (fast backends); None: default
     backend: str = "auto"
     device: str = "auto"
@@ -100,8 +99,8 @@ class TrainConfig:
             raise ValueError(f"feedback_budget must be one of {', '.join(map(repr, BUDGETS))}, got "
                              f"{self.feedback_budget!r}")
         if self.feedback_budget == "adaptive" and self.algo != "ldrl":
-            raise ValueError(f"feedback_budget 'adaptive' applies to algo 'ldrl' (it watches the angle between the "
-                             f"feedback weights and the forward weights transposed), not {self.algo!r}; use "
+            raise ValueError(f"feedback_budget 'adaptive' applies to algo 'ldrl' (it paces the L-DRL feedback "
+                             f"training), not {self.algo!r}; use "
                              f"feedback_budget 'paper'")
         try:
             self.budget_policy()
@@ -110,8 +109,7 @@ class TrainConfig:
 
     def budget_policy(self) -> AdaptiveBudget | None:
         """The feedback budget policy of a run (None: the paper's fixed budget)."""
-        knobs = AdaptiveBudget(floor=self.budget_floor, lr_scale=self.budget_lr_scale, warmup=self.budget_warmup,
-                               alarm_deg=self.budget_alarm_deg)
+        knobs = AdaptiveBudget(floor=self.budget_floor, lr_scale=self.budget_lr_scale, warmup=self.budget_warmup)
         return knobs if self.feedback_budget == "adaptive" else None
 
     def feedback_config(self) -> FeedbackConfig:

@@ -375,7 +375,6 @@ class Trainer:
         loss_sum = 0.0
         fb_loss: dict = {}
         fb_iters: dict = {}          # feedback iterations spent per layer this epoch
-        alarms: dict = {}            # adaptive budget: batches on which a layer's alignment slipped
         paper = sum(hp.iterations for hp in self.fb_hparams) if self.fb_hparams else 0   # per batch
         bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
@@ -391,9 +390,6 @@ class Trainer:
                 if s["loss"] is not None:
                     fb_loss[name] = s["loss"]
                 fb_iters[name] = fb_iters.get(name, 0) + s["iterations"]
-            if self.budget is not None:
-                for name, d in self.budget.last.items():
-                    alarms[name] = alarms.get(name, 0) + int(d["alarm"])
             bar.update(1)
             if b % 5 == 0 or b == len(self.train_loader) - 1:
                 fb, fw = watch.get("feedback"), watch.get("forward")
@@ -421,8 +417,6 @@ class Trainer:
                   "images_per_second": n / seconds, "feedback_loss": fb_loss}
         if fb_iters:
             record["feedback_iterations"] = fb_iters
-        if self.budget is not None:
-            record["feedback_alarms"] = alarms
         if self.dist.enabled:
             record.update(ranks=self.dist.world, comm_seconds=comm)
         return record

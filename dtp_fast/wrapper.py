@@ -17,7 +17,7 @@ __all__ = ["DTP"]
 # the TrainConfig settings the wrapper uses; the others (lr, epochs, ...) belong to the user's own loop
 _SETTINGS = ("beta", "feedback_iters", "feedback_lr", "noise", "feedback_momentum", "feedback_weight_decay",
              "feedback_samples", "feedback_memory", "backend", "feedback_budget", "budget_floor", "budget_lr_scale",
-             "budget_warmup", "budget_alarm_deg", "seed")
+             "budget_warmup", "seed")
 
 
 class _Pending:

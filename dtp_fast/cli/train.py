@@ -105,20 +105,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feedback-momentum", type=float, default=None, help="feedback SGD momentum (default 0.9)")
     g.add_argument("--feedback-samples", type=int, default=None, help="noise samples per feedback iteration")
     g.add_argument("--feedback-budget", choices=["paper", "adaptive"], default=None,
-                   help="paper: every layer's --feedback-iters on every batch (default); adaptive: fewer "
-                        "iterations (at a higher feedback lr) for layers whose feedback weights keep their "
-                        "alignment, the full budget back when it slips (knobs: --budget-*)")
+                   help="paper: every layer's --feedback-iters on every batch (default); adaptive: after a "
+                        "warm-up, each layer's iterations in proportion to how far its forward weights moved "
+                        "(against the warm-up's pace), at a higher feedback lr (knobs: --budget-*)")
     g.add_argument("--budget-floor", type=float, default=None,
-                   help=f"adaptive: smallest share of a layer's iterations per batch (default "
+                   help=f"adaptive: smallest share of a layer's iterations the drift rule gives it (default "
                         f"{AdaptiveBudget.floor})")
     g.add_argument("--budget-lr-scale", type=float, default=None,
-                   help=f"adaptive: largest factor the feedback lr rises by to make up for a cut (default "
-                        f"{AdaptiveBudget.lr_scale})")
+                   help=f"adaptive: after the warm-up, iterations divided and the feedback lr multiplied by "
+                        f"this (default {AdaptiveBudget.lr_scale})")
     g.add_argument("--budget-warmup", type=int, default=None,
                    help=f"adaptive: batches at the full budget first (default {AdaptiveBudget.warmup})")
-    g.add_argument("--budget-alarm-deg", type=float, default=None,
-                   help="adaptive: how far (degrees) a layer's angle between G and F transposed may rise above "
-                        f"its reference before its share of iterations doubles (default {AdaptiveBudget.alarm_deg})")
     g.add_argument("--backend", default=None,
                    help="feedback backend: auto (fastest usable), reference, torch, ... (`dtp-fast info` lists "
                         "the usable ones)")
@@ -160,7 +157,7 @@ _RUN_KEYS = ("preset", "dataset", "data")
 _SETTING_KEYS = ("algo", "channels", "hidden", "epochs", "batch_size", "limit_batches", "lr", "momentum",
                  "weight_decay", "t_max", "eta_min", "augment", "beta", "feedback_iters", "feedback_lr", "noise",
                  "feedback_momentum", "feedback_samples", "feedback_budget", "budget_floor", "budget_lr_scale",
-                 "budget_warmup", "budget_alarm_deg", "feedback_memory", "tensorboard", "backend", "device", "dtype",
+                 "budget_warmup", "feedback_memory", "tensorboard", "backend", "device", "dtype",
                  "seed", "diagnostics", "progress")
 
 
