@@ -1,15 +1,17 @@
 """Feedback budget policies on the embedded digits default (issue 16): accuracy against the share of
 the paper's feedback iterations, over seeds.
 
-    python benchmarks/budget_sweep.py                          # the policies below, seeds 0,1,2, ~6 min
+    python benchmarks/budget_sweep.py                          # the policies below, seeds 0,1,2, ~3 min
+    python benchmarks/budget_sweep.py --preset lenet           # another network of the digits presets
     python benchmarks/budget_sweep.py --seeds 0 --epochs 1     # smoke run
 
-Each policy trains ``dtp-fast train --algo ldrl`` (SimpleVGG on digits, the preset's settings) once per
-seed, one after the other on one CPU thread. Writes ``<out>/<machine>-<date>-budget-digits.json`` and
-``.md`` (``<machine>``: the CPU's name and cores, lower case, dashes): per run the test accuracy (or the
-epoch where the loss became NaN/inf), the feedback iterations
-spent as a share of the paper's (total and per layer), the alarms, the final weight alignment and the
-training seconds; per policy the mean and sample std over the seeds and the number of seeds that diverged.
+Each policy trains ``dtp-fast train --algo ldrl`` (a network preset on digits, the preset's settings,
+SimpleVGG by default) once per seed, one after the other on one CPU thread. Writes
+``<out>/<machine>-<date>-budget-digits[-<preset>].json`` and ``.md`` (``<machine>``: the CPU's name and
+cores, lower case, dashes): per run the test accuracy (or the epoch where the loss became NaN/inf), the
+feedback iterations spent as a share of the paper's (total and per layer), the final weight alignment and
+the training seconds; per policy the mean and sample std over the seeds and the number of seeds that
+diverged.
 """
 from __future__ import annotations
 
@@ -35,14 +37,15 @@ from dtp_fast.utils import machine_name, origin  # noqa: E402
 POLICIES = {
     "paper": {},
     "adaptive": {"feedback_budget": "adaptive"},
-    "adaptive-no-alarm": {"feedback_budget": "adaptive", "budget_alarm_deg": 1e9},
-    "adaptive-floor0.25-lr2.5": {"feedback_budget": "adaptive", "budget_floor": 0.25, "budget_lr_scale": 2.5},
+    "adaptive-drift-only": {"feedback_budget": "adaptive", "budget_lr_scale": 1.0},
+    "adaptive-lr-scale-2": {"feedback_budget": "adaptive", "budget_lr_scale": 2.0},
+    "adaptive-floor-0.3": {"feedback_budget": "adaptive", "budget_floor": 0.3},
 }
 
 
-def run_one(settings: dict, seed: int, epochs: int | None) -> dict:
+def run_one(settings: dict, seed: int, epochs: int | None, preset: str = "simple_vgg") -> dict:
     extra = {"epochs": epochs} if epochs else {}
-    trainer = make_run("simple_vgg", "digits", None, algo="ldrl", seed=seed, progress=False, **settings, **extra)
+    trainer = make_run(preset, "digits", None, algo="ldrl", seed=seed, progress=False, **settings, **extra)
     paper = {name: hp.iterations for name, hp in zip(trainer.net.feedback_names, trainer.fb_hparams)}
     out = {"seed": seed}
     try:
@@ -55,7 +58,6 @@ def run_one(settings: dict, seed: int, epochs: int | None) -> dict:
         out.update(diverged=False, test_accuracy=summary["test_accuracy"], train_seconds=summary["train_seconds"],
                    alignment={k: v["angle_deg"] for k, v in summary["alignment"].items()})
         spent, steps = summary["feedback_iterations"]["per_layer"], summary["steps"]
-        out["alarms"] = sum(sum(h.get("feedback_alarms", {}).values()) for h in trainer.history)
     out["share"] = sum(spent.values()) / (steps * sum(paper.values())) if steps else None
     out["share_per_layer"] = {k: spent.get(k, 0) / (steps * n) for k, n in paper.items()} if steps else None
     return out
@@ -70,10 +72,11 @@ def _stats(values):
 
 def to_markdown(report: dict) -> str:
     o = report["origin"]
+    epochs = report["epochs"] or "the preset's"
     lines = [f"# Feedback budget policies on digits ({o['machine']}, {o['date']}, commit {o['commit']})", "",
              f"`{o['command']}`", "",
-             "SimpleVGG on the embedded digits, the preset's settings (3 feedback layers x 20 iterations, "
-             f"{report['epochs'] or 'the preset'} epochs), seeds {report['seeds']}. Accuracy: test top-1 of the "
+             f"Preset {report['preset']} on the embedded digits, the preset's settings ({epochs} epochs), "
+             f"seeds {report['seeds']}. Accuracy: test top-1 of the "
              "seeds that finished, mean ± sample std; share: feedback iterations spent over the paper's "
              "(diverged runs up to where they stopped).", "",
              "| policy | settings | test top-1 (%) | share of paper iterations | per layer | diverged |",
@@ -85,21 +88,23 @@ def to_markdown(report: dict) -> str:
                      + (f"{100 * acc['mean']:.2f}" + (f" ± {100 * acc['std']:.2f}" if acc['std'] is not None else "")
                         if acc else "-")
                      + f" | {100 * share['mean']:.1f}% | {layers} | {p['diverged']} of {len(p['runs'])} |")
-    lines += ["", "## Runs", "", "| policy | seed | test top-1 (%) | share | alarms | final angles (deg) |",
+    lines += ["", "## Runs", "", "| policy | seed | test top-1 (%) | share | final angles (deg) | seconds |",
               "|---|---|---|---|---|---|"]
     for p in report["policies"]:
         for r in p["runs"]:
             acc = f"{100 * r['test_accuracy']:.2f}" if not r["diverged"] else f"diverged (epoch {r['epoch']})"
             angles = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("alignment") or {}).items())
-            lines.append(f"| {p['name']} | {r['seed']} | {acc} | {100 * r['share']:.1f}% | {r.get('alarms', '-')} | "
-                         f"{angles or '-'} |")
+            secs = f"{r['train_seconds']:.0f}" if not r["diverged"] else "-"
+            lines.append(f"| {p['name']} | {r['seed']} | {acc} | {100 * r['share']:.1f}% | {angles or '-'} | {secs} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's 8)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
+    ap.add_argument("--preset", default="simple_vgg", choices=["simple_vgg", "lenet", "mlp"],
+                    help="network preset (default simple_vgg: the digits default)")
     ap.add_argument("--policies", default=None, help=f"comma-separated subset of: {', '.join(POLICIES)}")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the results files")
     args = ap.parse_args(argv)
@@ -108,14 +113,14 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
         ap.error(f"unknown policy {unknown[0]!r}; choose from: {', '.join(POLICIES)}")
-    report = {"origin": origin(), "epochs": args.epochs, "seeds": seeds, "policies": []}
+    report = {"origin": origin(), "preset": args.preset, "epochs": args.epochs, "seeds": seeds, "policies": []}
     threads = torch.get_num_threads()
     for name in names:
         runs = []
         for seed in seeds:
             torch.set_num_threads(1)     # one core per run, as measured
             try:
-                runs.append(run_one(POLICIES[name], seed, args.epochs))
+                runs.append(run_one(POLICIES[name], seed, args.epochs, args.preset))
             finally:
                 torch.set_num_threads(threads)
             print(name, json.dumps(runs[-1]), flush=True)
@@ -128,7 +133,8 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = re.sub(r"[^a-z0-9]+", "-", machine_name().lower()).strip("-")
-    stem = f"{machine}-{datetime.date.today().isoformat()}-budget-digits"
+    stem = (f"{machine}-{datetime.date.today().isoformat()}-budget-digits"
+            + ("" if args.preset == "simple_vgg" else f"-{args.preset}"))
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / f"{stem}.md").write_text(to_markdown(report))
     print(f"written to {out / stem}.json and .md")

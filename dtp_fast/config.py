@@ -1,12 +1,12 @@
 """The settings of a training run: :class:`TrainConfig`, checked by its ``validate``."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 from .feedback import FeedbackConfig
 from .feedback.budget import BUDGETS, AdaptiveBudget
+from .utils import is_int, is_real
 
 __all__ = ["ALGOS", "TrainConfig"]
 
@@ -58,12 +58,6 @@ class TrainConfig:
         """Check every setting's type and range; the error names the setting, the value and what it takes."""
         def bad(name, value, what):
             raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_real(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")

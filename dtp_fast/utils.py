@@ -194,6 +194,18 @@ def machine_name() -> str:
     return name
 
 
+def is_int(v) -> bool:
+    """An integer setting (not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    """A finite real setting (an int or a float, not a bool, not nan or inf)."""
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def git_commit() -> str | None:
     """The commit of the dtp_fast checkout being run (with ``+dirty`` for local changes), or None."""
     import subprocess

@@ -249,3 +249,13 @@ def assert_same_feedback(ref, fast, dtype):
                 assert b[name]["loss"] is None, name
             else:
                 assert b[name]["loss"] == pytest.approx(a[name]["loss"], rel=tol["rtol"] * 10, abs=1e-6), name
+
+
+def assert_same_budget_state(a: dict, b: dict, rtol: float = 0.0):
+    """Two adaptive feedback budget states (``AdaptiveBudget.state_dict()``) alike: bit for bit, or to
+    ``rtol`` (the forward weights they hold and the drifts)."""
+    assert a.keys() == b.keys() and a["prev"].keys() == b["prev"].keys() and a["batches"] == b["batches"]
+    for k in a["prev"]:
+        torch.testing.assert_close(b["prev"][k], a["prev"][k], rtol=rtol, atol=0.0)
+    for key in ("drift", "ref"):
+        assert b[key] == pytest.approx(a[key], rel=rtol, abs=0.0)

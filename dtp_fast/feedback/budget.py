@@ -31,16 +31,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..utils import is_int, is_real
 from .engine import LayerHParams
 
 __all__ = ["AdaptiveBudget", "BUDGETS"]
 
 BUDGETS = ("paper", "adaptive")
-
-
-def _real(v, low: float, high: float = math.inf, closed_low: bool = False) -> bool:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return ok and (low <= v if closed_low else low < v) and v <= high
 
 
 @dataclass
@@ -60,12 +56,10 @@ class AdaptiveBudget:
 
     def __post_init__(self):
         for name, ok, what in (
-                ("floor", _real(self.floor, 0, 1), "a number in (0, 1]"),
-                ("lr_scale", _real(self.lr_scale, 1, closed_low=True), "a number >= 1"),
-                ("warmup", isinstance(self.warmup, int) and not isinstance(self.warmup, bool) and self.warmup >= 0,
-                 "an integer >= 0"),
-                ("smoothing", _real(self.smoothing, 0, 1, closed_low=True) and self.smoothing < 1,
-                 "a number in [0, 1)")):
+                ("floor", is_real(self.floor) and 0 < self.floor <= 1, "a number in (0, 1]"),
+                ("lr_scale", is_real(self.lr_scale) and self.lr_scale >= 1, "a number >= 1"),
+                ("warmup", is_int(self.warmup) and self.warmup >= 0, "an integer >= 0"),
+                ("smoothing", is_real(self.smoothing) and 0 <= self.smoothing < 1, "a number in [0, 1)")):
             if not ok:
                 raise ValueError(f"budget {name} must be {what}, got {getattr(self, name)!r}")
         self.batches = 0                                  # batches planned so far
@@ -74,9 +68,9 @@ class AdaptiveBudget:
         self.ref: dict[str, float] = {}                  # the smoothed drift at the end of the warm-up
         self.last: dict[str, dict] = {}                  # the last plan: {layer: {"drift", "share"}}
 
-    def _drifts(self, net) -> list[float]:
-        """Per trained feedback layer, the relative change of F's weights since the last plan (nan
-        the first time); one transfer from the device for all layers."""
+    def _drifts(self, net) -> list[float | None]:
+        """Per trained feedback layer, the relative change of F's weights since the last plan (None the
+        first time, inf if not finite); one transfer from the device for all layers."""
         blocks = net.block_list()
         rows, now = [], {}
         for i, name in enumerate(net.feedback_names, start=1):
@@ -88,13 +82,21 @@ class AdaptiveBudget:
                 diff = w.new_tensor(math.nan, dtype=torch.float64)
             rows.append(torch.stack([diff, w.double().norm()]))
         self.prev = {name: w.clone() for name, w in now.items()}
-        return [d / n if n > 0 else (0.0 if d == 0 else math.inf) for d, n in torch.stack(rows).tolist()]
+        out = []
+        for d, n in torch.stack(rows).tolist():
+            if math.isnan(d) and math.isfinite(n):
+                out.append(None)                   # nothing to compare with yet
+            elif not (math.isfinite(d) and math.isfinite(n)):
+                out.append(math.inf)
+            else:
+                out.append(d / n if n > 0 else (0.0 if d == 0 else math.inf))
+        return out
 
     def plan(self, net, hparams: list[LayerHParams]) -> list[LayerHParams]:
         """The per-layer settings for the next batch (and the policy's state advanced by one batch)."""
         out = []
         for name, hp, d in zip(net.feedback_names, hparams, self._drifts(net)):
-            if not math.isnan(d):
+            if d is not None:
                 old = self.drift.get(name)
                 self.drift[name] = d if old is None else self.smoothing * old + (1 - self.smoothing) * d
             drift = self.drift.get(name)

@@ -1,13 +1,13 @@
 """Hyperparameters, optimiser state, the backend registry and the entry point."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from ..noise import NoiseSource
+from ..utils import is_int, is_real
 from ..ops.sgd import momentum_sgd_ref as momentum_sgd_
 
 __all__ = ["BackendUnavailableError", "FeedbackConfig", "FeedbackState", "LayerHParams", "register_backend", "get_backend",
@@ -61,12 +61,7 @@ class FeedbackConfig:
     def __post_init__(self):
         """Types (and finiteness) at construction; the per-layer counts and ranges are checked by
         :meth:`resolve`, whose messages name the layer."""
-        def real(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        def integer(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
+        real, integer = is_real, is_int
         for name, check, what in (("iterations", integer, "an integer"), ("lr", real, "a finite number"),
                                   ("noise", real, "a finite number")):
             value = getattr(self, name)
