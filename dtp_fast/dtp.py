@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["first_target", "propagate_targets", "local_loss", "dtp_loss", "bp_loss"]
+__all__ = ["first_target", "propagate_targets", "local_loss", "local_losses", "dtp_loss", "bp_loss"]
 
 
 def first_target(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
@@ -59,9 +59,13 @@ def dtp_loss(net, x: torch.Tensor, labels: torch.Tensor, beta: float, acts=None,
     """
     if acts is None:
         acts, switches = net.activations(x, detach_inputs=True)
-    targets = propagate_targets(net, acts, switches, first_target(acts[-1], labels, beta), rule)
-    loss = sum(local_loss(s, t) for s, t in zip(acts, targets))
-    return loss, acts[-1]
+    return local_losses(net, acts, switches, first_target(acts[-1], labels, beta), rule), acts[-1]
+
+
+def local_losses(net, acts, switches, top: torch.Tensor, rule: str = "difference") -> torch.Tensor:
+    """The summed layer-local losses of one batch given the output target ``top``: the targets sent
+    down from it (:func:`propagate_targets`, computed without grad) against each layer's activation."""
+    return sum(local_loss(s, t) for s, t in zip(acts, propagate_targets(net, acts, switches, top, rule)))
 
 
 def bp_loss(net, x: torch.Tensor, labels: torch.Tensor):

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .blocks import DTPNet, from_sequential
 from .config import TrainConfig
-from .dtp import local_loss, propagate_targets
+from .dtp import local_losses
 from .feedback import FeedbackState, resolve_backend, train_feedback
 from .noise import CounterNoise
 
@@ -163,10 +163,9 @@ class DTP(nn.Module):
                 if s["loss"] is not None and not torch.isfinite(torch.as_tensor(s["loss"])):
                     raise NonFiniteLossError(f"the feedback loss of layer {name!r} is {s['loss']} at step "
                                              f"{self.step}: lower feedback_lr or noise")
-            top = acts[-1].detach() - self.config.beta * len(grad) * grad
-            targets = propagate_targets(self.net, acts, switches, top)
+        top = acts[-1].detach() - self.config.beta * len(grad) * grad
         with torch.enable_grad():
-            loss = sum(local_loss(s, t) for s, t in zip(acts, targets))
+            loss = local_losses(self.net, acts, switches, top)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"the DTP loss is {float(loss)} at step {self.step}: lower the learning "
                                          f"rates (your optimiser's, feedback_lr) or beta")
