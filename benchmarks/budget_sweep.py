@@ -38,8 +38,8 @@ POLICIES = {
     "paper": {},
     "adaptive": {"feedback_budget": "adaptive"},
     "adaptive-drift-only": {"feedback_budget": "adaptive", "budget_lr_scale": 1.0},
-    "adaptive-lr-scale-2": {"feedback_budget": "adaptive", "budget_lr_scale": 2.0},
-    "adaptive-floor-0.3": {"feedback_budget": "adaptive", "budget_floor": 0.3},
+    "adaptive-lr-scale-1.5": {"feedback_budget": "adaptive", "budget_lr_scale": 1.5},
+    "adaptive-lr-scale-3": {"feedback_budget": "adaptive", "budget_lr_scale": 3.0},
 }
 
 
