@@ -106,8 +106,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feedback-samples", type=int, default=None, help="noise samples per feedback iteration")
     g.add_argument("--feedback-budget", choices=["paper", "adaptive"], default=None,
                    help="paper: every layer's --feedback-iters on every batch (default); adaptive: after a "
-                        "warm-up, each layer's iterations in proportion to how far its forward weights moved "
-                        "(against the warm-up's pace), at a higher feedback lr (knobs: --budget-*)")
+                        "warm-up, each layer's iterations in proportion to how far its forward weights move "
+                        "per batch (against the fastest so far), divided by --budget-lr-scale at that much "
+                        "higher a feedback lr (knobs: --budget-*)")
     g.add_argument("--budget-floor", type=float, default=None,
                    help=f"adaptive: smallest share of a layer's iterations the drift rule gives it (default "
                         f"{AdaptiveBudget.floor})")
