@@ -195,7 +195,8 @@ def _layers(dicts) -> list[str]:
 
 
 def _differences(runs) -> dict:
-    """Config keys (besides the seed and speed-only ones) and architectures whose values differ."""
+    """Config keys (besides the seed and speed-only ones) and architectures whose values differ (the
+    adaptive budget's knobs only where the runs use it)."""
     diff = {}
     configs = [{**(r["summary"].get("config") or {}), **{f"arch.{k}": v for k, v in
                                                           (r["summary"].get("arch") or {}).items()}}
@@ -203,6 +204,8 @@ def _differences(runs) -> dict:
     for key in _layers(configs):
         if key in _NOT_SETTINGS or key == "epochs" or not all(key in c for c in configs):
             continue  # (a key some runs lack comes from another dtp_fast version)
+        if key.startswith("budget_") and all(c.get("feedback_budget", "paper") == "paper" for c in configs):
+            continue  # knobs of a policy these runs did not use
         vals = [json.dumps(c.get(key), sort_keys=True) for c in configs]
         if len(set(vals)) > 1:
             diff[key] = sorted(set(vals))
