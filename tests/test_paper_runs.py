@@ -173,6 +173,14 @@ def test_auto_budget_grows_to_the_minimum_when_it_fits(monkeypatch):
     assert memory.resolve_budget(7, "cpu", 500) == 7 and memory.resolve_budget(None, "cpu", 500) is None
 
 
+def test_auto_budget_on_a_cpu_holds_about_two_iterations(monkeypatch):
+    """Larger chunks were slower on a CPU (they leave the caches): "auto" there is two iterations of every
+    layer, within the share of the memory available."""
+    monkeypatch.setattr(memory, "available_memory", lambda: 8 * 2**30)
+    assert memory.resolve_budget("auto", "cpu", 10 * 2**20) == 2 * 10 * 2**20
+    assert memory.resolve_budget("auto", "cpu", 1500 * 2**20) == 2 * 2**30       # the share caps it
+
+
 def test_default_budget_runs_where_the_old_fixed_32_mib_failed(monkeypatch):
     """A batch whose single iteration needs more than 32 MiB trains with the default budget; an explicit
     budget that is too small still fails with the minimum named."""

@@ -19,13 +19,17 @@ import torch
 
 from ..utils import available_memory
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "AUTO_BUDGET_SHARE", "AUTO_BUDGET_MAX", "auto_memory_budget", "resolve_budget",
+__all__ = ["DEFAULT_MEMORY_BUDGET", "AUTO_BUDGET_SHARE", "AUTO_BUDGET_MAX", "CPU_AUTO_ITERATIONS", "auto_memory_budget",
+           "resolve_budget",
            "minimum_memory_budget", "plan_chunk"]
 
 # The fast backends' default memory budget: "auto", a share of the memory the device has available.
 DEFAULT_MEMORY_BUDGET = "auto"
 AUTO_BUDGET_SHARE = 0.25
 AUTO_BUDGET_MAX = 8 * 2**30
+# On a CPU "auto" holds about this many iterations of every layer: larger chunks fall out of the caches and
+# were slower (benchmarks/results/amd-epyc-2-cores-2026-12-02-cpu-memory-budget.md).
+CPU_AUTO_ITERATIONS = 2
 
 
 def auto_memory_budget(device) -> tuple[int, int]:
@@ -48,11 +52,14 @@ def auto_memory_budget(device) -> tuple[int, int]:
 
 def resolve_budget(budget, device, need: int) -> int | None:
     """The byte budget of a run: an explicit one as it is (None: no limit); ``"auto"``: the
-    :func:`auto_memory_budget`, raised to ``need`` (one iteration of every layer) when that fits in
-    the memory available, with a clear error when it does not."""
+    :func:`auto_memory_budget` (on a CPU at most :data:`CPU_AUTO_ITERATIONS` times ``need``), raised to
+    ``need`` (one iteration of every layer) when that fits in the memory available, with a clear error
+    when it does not."""
     if budget != "auto":
         return budget
     auto, available = auto_memory_budget(device)
+    if torch.device(device).type == "cpu":
+        auto = min(auto, CPU_AUTO_ITERATIONS * need)
     if auto >= need:
         return auto
     if need <= available:
