@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import tempfile
@@ -201,8 +202,6 @@ def is_int(v) -> bool:
 
 def is_real(v) -> bool:
     """A finite real setting (an int or a float, not a bool, not nan or inf)."""
-    import math
-
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

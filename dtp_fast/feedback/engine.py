@@ -61,19 +61,18 @@ class FeedbackConfig:
     def __post_init__(self):
         """Types (and finiteness) at construction; the per-layer counts and ranges are checked by
         :meth:`resolve`, whose messages name the layer."""
-        real, integer = is_real, is_int
-        for name, check, what in (("iterations", integer, "an integer"), ("lr", real, "a finite number"),
-                                  ("noise", real, "a finite number")):
+        for name, check, what in (("iterations", is_int, "an integer"), ("lr", is_real, "a finite number"),
+                                  ("noise", is_real, "a finite number")):
             value = getattr(self, name)
             values = list(value) if isinstance(value, (list, tuple)) else [value]
             if isinstance(value, str) or not values or not all(check(v) for v in values):
                 raise ValueError(f"feedback {name} must be {what} or a list of them (one per feedback layer), "
                                  f"got {value!r}")
-        if not real(self.momentum) or not 0 <= self.momentum < 1:
+        if not is_real(self.momentum) or not 0 <= self.momentum < 1:
             raise ValueError(f"feedback momentum must be in [0, 1), got {self.momentum!r}")
-        if not real(self.weight_decay) or self.weight_decay < 0:
+        if not is_real(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"feedback weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if not integer(self.samples) or self.samples < 1:
+        if not is_int(self.samples) or self.samples < 1:
             raise ValueError(f"feedback samples must be an integer >= 1, got {self.samples!r}")
 
     def resolve(self, layers: Sequence[str]) -> list[LayerHParams]:

@@ -20,8 +20,7 @@ import torch
 from ..utils import available_memory
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "AUTO_BUDGET_SHARE", "AUTO_BUDGET_MAX", "CPU_AUTO_ITERATIONS", "auto_memory_budget",
-           "resolve_budget",
-           "minimum_memory_budget", "plan_chunk"]
+           "resolve_budget", "minimum_memory_budget", "plan_chunk"]
 
 # The fast backends' default memory budget: "auto", a share of the memory the device has available.
 DEFAULT_MEMORY_BUDGET = "auto"
