@@ -33,6 +33,9 @@ const char* const kOpNames[] = {
     "dtp_fast::momentum_sgd_",
     "dtp_fast::ldrl_loss",
     "dtp_fast::linear_chain_",
+    "dtp_fast::switch_lists",
+    "dtp_fast::pooled_conv_t",
+    "dtp_fast::pooled_wgrad",
     "dtp_fast::build_info",
 };
 
@@ -165,6 +168,28 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "linear_chain_(Tensor(a!) V, Tensor(b!) buf, Tensor A, Tensor C, float lr, "
       "float momentum, float weight_decay, float scale, int loss_from) -> Tensor");
+  // ---- sparse: the chain of a pooled conv feedback layer from dh2 held at
+  // pooled resolution (csrc/cpu/sparse_cpu.cpp, which documents the layouts;
+  // no CUDA kernels). Index lists of the non-zeros of unpool(d2, indices)
+  // (indices (B, C, Hp, Wp) of an input_size plane, `copies` copies of the
+  // batch) for a stride-1 transposed convolution of kernel_size, padding,
+  // dilation and output_size, with the output channels padded to cx_padded:
+  // (pix_ptr, pix_ent, ch_ptr, ch_ent), int32.
+  m.def(
+      "switch_lists(Tensor indices, int[2] input_size, int[2] kernel_size, "
+      "int[2] padding, int[2] dilation, int[2] output_size, int copies, "
+      "int cx_padded) -> (Tensor, Tensor, Tensor, Tensor)");
+  // dr_y = V * unpool(values): values (rows * C * Hp * Wp) one iteration's d2,
+  // weight (C, KH, KW, Cxp); returns (rows, padded_size, Cxp) with dr_y at
+  // [padding, padding + output_size) and zeros around it.
+  m.def(
+      "pooled_conv_t(Tensor values, Tensor pix_ptr, Tensor pix_ent, "
+      "Tensor weight, int rows, int[2] output_size, int[2] padded_size, "
+      "int[2] padding) -> Tensor");
+  // wgrad(unpool(values), dr_y) from pooled_conv_t's padded dr_y: (C, KH * KW, Cxp).
+  m.def(
+      "pooled_wgrad(Tensor values, Tensor ch_ptr, Tensor ch_ent, Tensor dr_pad, "
+      "int[2] kernel_size, int[2] dilation) -> Tensor");
   // ---- how this library was built (JSON, read by dtp_fast/_ext.py)
   m.def("build_info() -> str", &build_info);
 }

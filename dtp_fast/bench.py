@@ -22,6 +22,7 @@ results, :func:`to_markdown` and :func:`write_plot` present them.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import statistics
 import sys
@@ -312,7 +313,31 @@ class _Bench:
             "ldrl_step_peak_memory_bytes": ldrl_mem,
             "ldrl_vs_backprop": ldrl_s / bp_s if bp_s > 0 else None,
             "peak_memory_method": self.mem_method,
+            "planner": self.planner(),
         }
+
+    def planner(self) -> dict:
+        """The memory planner's figures per layer (bytes): what one precomputed iteration stores (dh2 at the
+        block's output resolution and A_k; ``dh2_unpooled_bytes``: what dh2 took unpooled, before it was kept
+        pooled) and what the layer holds for the phase; and the budget of a chunk of every iteration."""
+        from .feedback import memory
+
+        blocks = self.net.block_list()[1:]
+        hp = self._config(self.iterations).resolve(self.layers)
+        esize, batch = self.x.element_size(), self.args.batch_size
+        layers = {}
+        for name, b, h in zip(self.layers, blocks, hp):
+            stored, _, fixed = memory._layer_bytes(b, batch, h.samples, esize)
+            rows = h.samples * batch
+            conv = b.kind != "linear"
+            layers[name] = {"stored_bytes_per_iteration": stored, "fixed_bytes": fixed,
+                            "dh2_bytes_per_iteration": rows * math.prod(b.out_shape) * esize if conv else None,
+                            "dh2_unpooled_bytes_per_iteration":
+                                rows * math.prod(b.pre_pool_shape) * esize if conv else None}
+        return {"layers": layers,
+                "minimum_budget_bytes": memory.minimum_memory_budget(blocks, hp, batch, esize),
+                "whole_phase_budget_bytes": memory.chunk_memory_budget(max(self.iterations, default=1), blocks, hp,
+                                                                       batch, esize)}
 
     def _arch_text(self) -> str:
         s = "channels " + ",".join(map(str, self.arch["channels"]))
@@ -376,6 +401,20 @@ def to_markdown(res: dict) -> str:
                 extra = f" ({ref / t:.2f}x)" if r["backend"] != "reference" and t and ref else ""
                 cells.append(_secs(t) + extra)
             lines.append(f"| {layer} | {k} | " + " | ".join(cells) + " |")
+    plan = res.get("planner")
+    if plan:
+        lines += ["", "Memory planner, per layer (MiB): one precomputed iteration's dh2 (held at the block's output "
+                      "resolution; unpooled, as before) and everything it stores; what the layer holds for the "
+                      "phase (the chain's tensors, the sparse chain's index lists; upper bounds):", "",
+                  "| layer | dh2 per iteration | dh2 unpooled | stored per iteration | held for the phase |",
+                  "|---|---:|---:|---:|---:|"]
+        for layer, p in plan["layers"].items():
+            lines.append(f"| {layer} | {_mib(p['dh2_bytes_per_iteration'])} | "
+                         f"{_mib(p['dh2_unpooled_bytes_per_iteration'])} | {_mib(p['stored_bytes_per_iteration'])} | "
+                         f"{_mib(p['fixed_bytes'])} |")
+        lines += ["", f"One iteration of every layer needs {_mib(plan['minimum_budget_bytes'])} MiB; every "
+                      f"iteration at once (one chunk, what a CUDA graph of the whole chain needs) "
+                      f"{_mib(plan['whole_phase_budget_bytes'])} MiB."]
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import unpool2d_last_wins
+from .ops.sparse import unpool2d
 
 __all__ = [
     "ACTIVATIONS",
@@ -137,13 +137,14 @@ class Block(nn.Module):
         switch; unpooling then keeps the value of the last window in row-major
         order (``F.max_unpool2d`` leaves this to a race between threads).
         """
-        if self.pool is not None:
-            k, s, p = self.pool
-            if k[0] <= s[0] and k[1] <= s[1]:  # windows do not overlap: every index is unique
-                y = F.max_unpool2d(y, switches, k, s, p, output_size=self.pre_pool_shape[1:])
-            else:  # overlapping windows share indices: keep the last write, deterministically
-                y = unpool2d_last_wins(y, switches, self.pre_pool_shape[1:])
-        return ACTIVATIONS[self.act](y)
+        return ACTIVATIONS[self.act](self.unpool(y, switches))
+
+    def unpool(self, y: torch.Tensor, switches) -> torch.Tensor:
+        """``y`` placed at its switches in a zero plane of the pre-pool shape (``y`` itself without a
+        pool); where overlapping windows share a switch the last window in row-major order wins."""
+        if self.pool is None:
+            return y
+        return unpool2d(y, switches, *self.pool, output_size=self.pre_pool_shape[1:])
 
     def g_linear(self, h: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """G's linear op applied to ``h`` (``V * h + c``), reshaped to the block's input shape."""

@@ -24,8 +24,8 @@ from .engine import (
 )
 from . import gpu  # noqa: F401  (dtp_fast.feedback.gpu: the GPU policy)
 from .layer import LayerState
-from .memory import (DEFAULT_MEMORY_BUDGET, auto_memory_budget, minimum_memory_budget, plan_chunk,
-                     resolve_budget)
+from .memory import (DEFAULT_MEMORY_BUDGET, auto_memory_budget, chunk_memory_budget, minimum_memory_budget,
+                     plan_chunk, resolve_budget)
 from .backends import (AnalyticBackend, CppBackend, CudaBackend, FusedCPUBackend, ReferenceBackend, TorchBackend,
                        TritonBackend, ldrl_loss)  # importing them registers them
 
@@ -53,5 +53,6 @@ __all__ = [
     "register_backend",
     "resolve_backend",
     "resolve_budget",
+    "chunk_memory_budget",
     "train_feedback",
 ]

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ..blocks import ACTIVATIONS
 from ..noise import NoiseBlock
 
 __all__ = ["LayerState"]
@@ -25,14 +26,19 @@ class LayerState:
     - ``block`` (the :class:`~dtp_fast.Block`), ``index`` (i of G_i, 1-based),
       ``name``, ``hp`` (its :class:`~dtp_fast.feedback.LayerHParams`);
     - ``x`` = s_{i-1} (in ``memory_format``), ``y`` = s_i, ``switches`` (I0 or
-      None), ``h0`` = h(y; I0) (in ``memory_format``), ``batch`` (B),
+      None), ``h0`` = h(y; I0) (in ``memory_format``), ``a0`` = act(y) (at the
+      block's output resolution: pooled behind a max-pool), ``batch`` (B),
       ``scale`` = 1 / (samples * B), ``linear`` (a Linear feedback block);
     - ``memory_format``: channels_last for conv blocks (oneDNN's convolutions
       and weight gradients are up to 2x faster in it on CPUs), contiguous for
       Linear blocks;
     - the current chunk: iterations ``start .. start + held - 1`` are
-      precomputed, with ``A`` (held, *V) and ``stored`` (conv: dh2 of each
-      iteration, (held, S*B, *h)) or ``C`` (Linear: (held, d_out, d_out)).
+      precomputed, with ``A`` (held, *V) and ``stored`` (conv: what
+      :meth:`TorchBackend.conv_chain` takes, by default dh2 of each iteration
+      at the block's output resolution, ``act(y + dy) - a0`` (held, S*B, *y):
+      behind a max-pool 4x smaller than h, and unpooled with the clean
+      switches by :meth:`unpool` where needed) or ``C`` (Linear: (held,
+      d_out, d_out)).
 
     Read-write for hooks:
 
@@ -43,10 +49,12 @@ class LayerState:
       dtype and values (e.g. static buffers of a CUDA graph);
     - ``losses``: append each reported iteration's loss (a 0-dim tensor);
     - ``next_k``: the next iteration to run; set it past the iterations a hook
-      ran itself.
+      ran itself;
+    - ``plan``: a backend's per-batch data for this layer (None until a hook
+      sets it; the ``cpp`` backend keeps its switch index lists there).
 
     Methods for hooks: :meth:`prepare` (precompute a chunk), :meth:`chunks`,
-    :meth:`gradient`, :meth:`apply`, :meth:`conv_t`, :meth:`wgrad`.
+    :meth:`gradient`, :meth:`apply`, :meth:`conv_t`, :meth:`wgrad`, :meth:`unpool`.
     """
 
     def __init__(self, engine, block, index, name, hp, x, y, switches, state, noise, step, chunk, offset=0):
@@ -63,6 +71,9 @@ class LayerState:
         self.weight = self._V.detach().clone(memory_format=fmt)
         self.momentum_buffer = self._buf.clone(memory_format=fmt)
         self.h0 = block.h(y, switches).contiguous(memory_format=fmt)
+        self.a0 = ACTIVATIONS[block.act](y)
+        self.plan = None
+        self._copies_switches = None
         self.batch = x.shape[0]
         self.scale = 1.0 / (hp.samples * self.batch)
         self.start = 0          # first iteration held in the current chunk
@@ -146,7 +157,7 @@ class LayerState:
         eps_y = noise_of("y", self.y)
         if self.linear:
             dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)        # (n*S*B, *h)
-            dh2 = self.engine.dh2(self.block, self.y, eps_y, hp.noise, self.switches, self.h0)
+            dh2 = self.engine.dh2(self.block, self.y, eps_y, hp.noise, self.a0)
             dx, dh1, dh2 = (t.reshape(n, SB, -1) for t in (dx, dh1, dh2))
             self.A = torch.bmm(dx.transpose(1, 2), dh1)      # (n, d_in, d_out)
             self.C = torch.bmm(dh2.transpose(1, 2), dh2)     # (n, d_out, d_out)
@@ -155,6 +166,16 @@ class LayerState:
         self.start, self.held = k0, n
 
     # --------------------------------------------------------------- the chain
+    def unpool(self, d2):
+        """One iteration's stored dh2 (S*B, *y) at h's resolution: placed at the clean switches
+        (a view of ``d2`` itself without a pool)."""
+        if self.switches is None:
+            return d2
+        if self._copies_switches is None:
+            copies = d2.shape[0] // self.batch
+            self._copies_switches = self.switches.repeat(copies, *([1] * (self.switches.dim() - 1)))
+        return self.block.unpool(d2, self._copies_switches)
+
     def conv_t(self, h):
         """The feedback convolution without bias, ``V * h``, with the working weight."""
         g = self.block.g_op

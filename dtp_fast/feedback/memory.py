@@ -3,8 +3,10 @@
 Every iteration's perturbations (dx, the noisy forward pass, dh1, dh2) do not
 depend on the feedback weights, so a backend precomputes them for a *chunk* of
 iterations at once. The chunk is the largest number of iterations whose stored
-results (per iteration: dh2 and A_k for a conv block, A_k and C_k for a Linear
-block) and transient work fit in the memory budget:
+results (per iteration: dh2 at the block's output resolution, 4x smaller than
+unpooled behind a 2x2 max-pool, and A_k for a conv block; A_k and C_k for a
+Linear block), transient work and per-layer working memory (the chain's
+tensors, the sparse chain's index lists) fit in the memory budget:
 
 - :func:`resolve_budget` turns the user's budget (bytes, ``None`` for no limit,
   ``"auto"``) into bytes for a device;
@@ -20,7 +22,8 @@ import torch
 from ..utils import available_memory
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "AUTO_BUDGET_SHARE", "AUTO_BUDGET_MAX", "CPU_AUTO_ITERATIONS", "auto_memory_budget",
-           "resolve_budget", "minimum_memory_budget", "plan_chunk"]
+           "resolve_budget", "minimum_memory_budget", "chunk_memory_budget", "plan_chunk",
+           "stored_bytes_per_iteration"]
 
 # The fast backends' default memory budget: "auto", a share of the memory the device has available.
 DEFAULT_MEMORY_BUDGET = "auto"
@@ -49,16 +52,17 @@ def auto_memory_budget(device) -> tuple[int, int]:
     return min(1 << max(share, 1).bit_length() - 1, AUTO_BUDGET_MAX), int(available)
 
 
-def resolve_budget(budget, device, need: int) -> int | None:
+def resolve_budget(budget, device, need: int, cpu_auto: int | None = None) -> int | None:
     """The byte budget of a run: an explicit one as it is (None: no limit); ``"auto"``: the
-    :func:`auto_memory_budget` (on a CPU at most :data:`CPU_AUTO_ITERATIONS` times ``need``), raised to
+    :func:`auto_memory_budget` (on a CPU at most ``cpu_auto``, by default :data:`CPU_AUTO_ITERATIONS`
+    times ``need``; the engine passes the :func:`chunk_memory_budget` of that many iterations), raised to
     ``need`` (one iteration of every layer) when that fits in the memory available, with a clear error
     when it does not."""
     if budget != "auto":
         return budget
     auto, available = auto_memory_budget(device)
     if torch.device(device).type == "cpu":
-        auto = min(auto, CPU_AUTO_ITERATIONS * need)
+        auto = min(auto, CPU_AUTO_ITERATIONS * need if cpu_auto is None else cpu_auto)
     if auto >= need:
         return auto
     if need <= available:
@@ -68,38 +72,55 @@ def resolve_budget(budget, device, need: int) -> int | None:
                      f"batch size or free memory")
 
 
-def _stored_and_transient(block, batch: int, samples: int, element_size: int) -> tuple[int, int]:
-    """Bytes one precomputed iteration of ``block`` keeps until it is used (dh2 and A_k,
-    or A_k and C_k for a Linear block), and bytes it needs while it is computed
-    (noise, noisy inputs, the noisy forward pass and its switches, dh1; an upper bound)."""
+def _layer_bytes(block, batch: int, samples: int, element_size: int) -> tuple[int, int, int]:
+    """``(stored, transient, fixed)`` bytes of one layer: what one precomputed iteration keeps until it is
+    used (dh2 at the block's output resolution and A_k, or A_k and C_k for a Linear block), what it needs
+    while it is computed (noise, noisy inputs, the noisy forward pass and its switches, dh1, dh2; an upper
+    bound), and what the layer holds for its whole phase: the chain's working tensors (the unpooled dh2
+    and dr_y of one iteration) and, behind a max-pool, the switch index lists of the sparse chain (the
+    ``cpp`` backend's, an upper bound: one entry per non-zero of dh2 and tap of the kernel)."""
     x, h, y, v = (math.prod(block.in_shape), math.prod(block.pre_pool_shape), math.prod(block.out_shape),
                   block.g_op.weight.numel())
     n = samples * batch
     if block.kind == "linear":
-        stored = v + h * h
-    else:
-        stored = n * h + v
-    transient = n * (3 * x + 4 * h + 4 * y)
-    return stored * element_size, transient * element_size
+        return (v + h * h) * element_size, n * (3 * x + 3 * h + 6 * y) * element_size, 0
+    stored = n * y + v
+    transient = n * (3 * x + 3 * h + 6 * y)
+    fixed = n * (h + x) * element_size
+    if block.pool is not None:
+        taps = math.prod(block.g_op.weight.shape[2:])
+        fixed += 8 * (taps + 1) * n * y + 4 * n * math.prod(block.in_shape[1:]) + 4 * batch * h
+    return stored * element_size, transient * element_size, fixed
 
 
 def minimum_memory_budget(blocks, hparams, batch: int, element_size: int, workers: int = 1) -> int:
     """The smallest budget that holds one iteration of every layer at once, with
     ``workers`` layers precomputing at the same time."""
-    return _chunk_bytes(1, blocks, hparams, batch, element_size, workers)
+    return chunk_memory_budget(1, blocks, hparams, batch, element_size, workers)
+
+
+def chunk_memory_budget(n: int, blocks, hparams, batch: int, element_size: int, workers: int = 1) -> int:
+    """The budget that holds chunks of ``n`` iterations of every layer (fewer for a layer with fewer),
+    with ``workers`` layers precomputing at the same time: :func:`plan_chunk` gives ``n`` for it."""
+    return _chunk_bytes(n, blocks, hparams, batch, element_size, workers)
+
+
+def stored_bytes_per_iteration(block, batch: int, samples: int, element_size: int) -> int:
+    """Bytes one precomputed iteration of ``block`` keeps until the chain uses it (the planner's figure)."""
+    return _layer_bytes(block, batch, samples, element_size)[0]
 
 
 def _chunk_bytes(n, blocks, hparams, batch, element_size, workers=1) -> int:
-    """Memory of chunks of n iterations: every layer's stored chunk at once, plus the
+    """Memory of chunks of n iterations: every layer's stored chunk and its fixed bytes at once, plus the
     transients of the ``workers`` layers that precompute at the same time (the largest)."""
-    stored, transients = 0, []
+    total, transients = 0, []
     for b, hp in zip(blocks, hparams):
         if hp.iterations > 0:
-            s, t = _stored_and_transient(b, batch, hp.samples, element_size)
+            s, t, f = _layer_bytes(b, batch, hp.samples, element_size)
             k = min(n, hp.iterations)
-            stored += k * s
+            total += k * s + f
             transients.append(k * t)
-    return stored + sum(sorted(transients, reverse=True)[:workers])
+    return total + sum(sorted(transients, reverse=True)[:workers])
 
 
 def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: int | None, workers: int = 1) -> int:

@@ -7,7 +7,9 @@ pure-PyTorch references, one module per family (the C++ sources use the same ste
   (the L-DRL perturbations dh1 and dh2);
 - :mod:`.noise`: ``philox_normal_`` and its PyTorch mirror ``philox_normal``;
 - :mod:`.sgd`: ``momentum_sgd_`` (many tensors in one call);
-- :mod:`.chain`: ``ldrl_loss``, ``linear_chain_`` (the sequential chain of a feedback layer).
+- :mod:`.chain`: ``ldrl_loss``, ``linear_chain_`` (the sequential chain of a feedback layer);
+- :mod:`.sparse`: ``switch_lists``, ``pooled_conv_t``, ``pooled_wgrad`` (the chain of a pooled conv
+  feedback layer from dh2 held at pooled resolution; CPU only).
 
 Each op ``x`` has its reference ``x_ref`` (``philox_normal`` for the noise), which defines
 its result. :mod:`.triton` holds the Triton kernels of the ``triton`` backend, by family too.
@@ -23,7 +25,7 @@ import sys
 
 import torch
 
-from . import chain, dh, noise, pool, sgd
+from . import chain, dh, noise, pool, sgd, sparse
 from ._common import ACTIVATIONS
 from .chain import ldrl_loss, ldrl_loss_ref, linear_chain_, linear_chain_ref
 from .dh import (noisy_unpool_diff, noisy_unpool_diff_philox, noisy_unpool_diff_philox_ref, noisy_unpool_diff_ref,
@@ -31,9 +33,11 @@ from .dh import (noisy_unpool_diff, noisy_unpool_diff_philox, noisy_unpool_diff_
 from .noise import philox4x32, philox_normal, philox_normal_
 from .pool import act_pool2d, act_pool2d_ref, unpool2d_last_wins, unpool_act2d, unpool_act2d_ref
 from .sgd import momentum_sgd_, momentum_sgd_ref
+from .sparse import SwitchLists, interior, pooled_chain_ref, pooled_conv_t, pooled_wgrad, switch_lists, unpool2d
 
 __all__ = [
     "ACTIVATIONS",
+    "SwitchLists",
     "act_pool2d",
     "act_pool2d_ref",
     "ldrl_loss",
@@ -54,10 +58,16 @@ __all__ = [
     "unpool2d_last_wins",
     "unpool_act2d",
     "unpool_act2d_ref",
+    "interior",
+    "pooled_chain_ref",
+    "pooled_conv_t",
+    "pooled_wgrad",
+    "switch_lists",
+    "unpool2d",
 ]
 
 #: The op families, in the order their Python parts are registered.
-FAMILIES = (pool, dh, noise, sgd, chain)
+FAMILIES = (pool, dh, noise, sgd, chain, sparse)
 _registered = False
 
 

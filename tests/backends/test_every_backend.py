@@ -9,7 +9,7 @@ import dtp_fast
 from dtp_fast.api import make_run
 from dtp_fast.feedback import (FeedbackConfig, FeedbackState, available_backends, get_backend, resolve_backend,
                                train_feedback)
-from dtp_fast.feedback import minimum_memory_budget, plan_chunk
+from dtp_fast.feedback import chunk_memory_budget, minimum_memory_budget, plan_chunk
 from dtp_fast.noise import CounterNoise
 from helpers import assert_same_feedback, feedback_run, tiny_net
 
@@ -58,7 +58,7 @@ def test_batch_one_noncontiguous_and_default_chunking(backend, pool):
     ref = _run(net, x, cfg, "reference", None)
     # a budget that holds two iterations per chunk: chunks of 2, 2, 2 (layers interleaved)
     hp = cfg.resolve(net.feedback_names)
-    two = 2 * minimum_memory_budget(net.block_list()[1:], hp, 1, 8)
+    two = chunk_memory_budget(2, net.block_list()[1:], hp, 1, 8)
     assert plan_chunk(net.block_list()[1:], net.feedback_names, hp, 1, 8, two) == 2
     _assert_same(ref, _run(net, x, cfg, backend, two, noncontig=True), torch.float64)
     _assert_same(ref, _run(net, x, cfg, backend, "default"), torch.float64)
@@ -173,7 +173,7 @@ def test_asynchronous_reduce_overlaps_the_next_chunks_precomputation(backend, mo
     x = torch.randn(2, *net.in_shape, dtype=torch.float64)
     cfg = FeedbackConfig(iterations=[4, 3, 5], lr=0.05, noise=0.2)
     hp = cfg.resolve(net.feedback_names)
-    two = 2 * minimum_memory_budget(net.block_list()[1:], hp, 2, 8)   # chunks of 2 iterations
+    two = chunk_memory_budget(2, net.block_list()[1:], hp, 2, 8)   # chunks of 2 iterations
     plain = _run(net, x, cfg, backend, two)
     events = []
     prepare = LayerState.prepare
@@ -192,8 +192,9 @@ def test_asynchronous_reduce_overlaps_the_next_chunks_precomputation(backend, mo
 
 def test_a_backend_written_from_the_documented_seam_equals_reference(monkeypatch):
     """README "Write a backend": subclass TorchBackend, override hooks using only LayerState's public
-    attributes, register it. Here dh2 is written out by hand (noisy output, unpool with the clean switches,
-    activation, minus h0) and the momentum step is a loop of its own; the result must equal `reference`."""
+    attributes, register it. Here dh2 is written out by hand (noisy output, activation, minus a0; the engine
+    unpools it) and the momentum step is a loop of its own; the result must equal `reference`."""
+    from dtp_fast.blocks import ACTIVATIONS
     from dtp_fast.feedback import TorchBackend, engine, register_backend
 
     calls = {"dh2": 0, "step_layers": 0}
@@ -204,13 +205,12 @@ def test_a_backend_written_from_the_documented_seam_equals_reference(monkeypatch
         def availability(self, device):
             return device.type == "cpu", "CPU only"
 
-        def dh2(self, block, y, eps, sigma, switches, h0):
+        def dh2(self, block, y, eps, sigma, a0):
             calls["dh2"] += 1
             copies = eps.n * eps.samples           # eps: a NoiseBlock of n iterations x samples x batch rows
             noisy = y.repeat(copies, *[1] * (y.dim() - 1)) + sigma * eps.materialize(y.device, y.dtype)
-            sw = None if switches is None else switches.repeat(copies, *[1] * (switches.dim() - 1))
-            h2 = block.h(noisy, sw)                 # act(unpool(y + dy; I0))
-            return (h2.unflatten(0, (copies, -1)) - h0).flatten(0, 1)
+            h2 = ACTIVATIONS[block.act](noisy)      # act(y + dy), at the block's output resolution
+            return (h2.unflatten(0, (copies, -1)) - a0).flatten(0, 1)
 
         def step_layers(self, layers, grads, k):
             calls["step_layers"] += 1
@@ -253,3 +253,31 @@ def test_feedback_weight_decay_steps_weight_and_bias_as_reference(backend, momen
         assert moved > 1e-3, name                     # the bias did decay
         key = f"{name}.bias"
         torch.testing.assert_close(fast[1].buffers[key], ref[1].buffers[key], rtol=1e-9, atol=1e-12)
+
+
+def test_cpp_runs_pooled_chains_on_the_sparse_ops_and_others_dense(monkeypatch):
+    """The cpp backend's chain of a pooled layer with a stride-1 feedback convolution runs on the switch-sparse
+    ops (one pooled_conv_t per iteration of such a layer, index lists built once per batch and layer); a
+    stride-2 convolution takes the dense path. Both equal reference."""
+    if "cpp" not in FAST:
+        pytest.skip("cpp backend unavailable")
+    from dtp_fast import ops
+    from dtp_fast.blocks import from_sequential
+
+    calls = {"lists": 0, "conv_t": 0}
+    lists, conv_t = ops.switch_lists, ops.pooled_conv_t
+    monkeypatch.setattr(ops, "switch_lists", lambda *a, **k: calls.__setitem__("lists", calls["lists"] + 1)
+                        or lists(*a, **k))
+    monkeypatch.setattr(ops, "pooled_conv_t", lambda *a: calls.__setitem__("conv_t", calls["conv_t"] + 1)
+                        or conv_t(*a))
+    torch.manual_seed(5)
+    seq = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ELU(), nn.MaxPool2d(2),           # G_0: none
+                        nn.Conv2d(3, 4, 3, padding=1), nn.ELU(), nn.MaxPool2d(2),           # sparse
+                        nn.Conv2d(4, 5, 3, stride=2, padding=1), nn.ELU(), nn.MaxPool2d(2),  # dense (stride 2)
+                        nn.Flatten(), nn.Linear(5, 3))
+    net = from_sequential(seq, (2, 16, 16)).double()
+    x = torch.randn(2, 2, 16, 16, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[5, 4, 3], lr=0.05, noise=0.2, samples=2)
+    ref = _run(net, x, cfg, "reference", None, steps=2)
+    _assert_same(ref, _run(net, x, cfg, "cpp", "default", steps=2), torch.float64)
+    assert calls == {"lists": 2, "conv_t": 2 * 5}

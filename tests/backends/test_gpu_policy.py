@@ -117,6 +117,32 @@ def test_the_auto_budget_and_the_graph_decision_survive_the_caching_allocator(mo
     assert plan(19 * gib, 20 * gib, 1 * gib) == first   # 20 GiB cached, 1 GiB of it in use
 
 
+def test_a_whole_imagenet32_phase_fits_one_chunk_of_the_default_gpu_budget(monkeypatch):
+    """SimpleVGG at the paper's width, ImageNet32's batch 256 and iterations (25, 35, 40, 60, 25): with dh2 held
+    at pooled resolution every iteration of every layer fits one chunk (so the whole chain can be one CUDA graph)
+    within the default budget of an 80 GiB GPU (a quarter of the free memory, capped at 8 GiB); with dh2
+    stored unpooled the planner needed 8.4 GiB. One iteration's stored dh2 is 4x smaller behind 2x2 pools."""
+    import math
+
+    import dtp_fast
+    from dtp_fast.feedback import memory
+
+    net = dtp_fast.simple_vgg((3, 32, 32), 1000)
+    cfg = dtp_fast.FeedbackConfig(iterations=[25, 35, 40, 60, 25])
+    hp, blocks = cfg.resolve(net.feedback_names), net.block_list()[1:]
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    budget = memory.resolve_budget("auto", "cuda:0", memory.minimum_memory_budget(blocks, hp, 256, 4))
+    assert budget == 8 * gib
+    assert memory.plan_chunk(blocks, net.feedback_names, hp, 256, 4, budget) == 60
+    assert memory.chunk_memory_budget(60, blocks, hp, 256, 4) < 7.5 * gib
+    conv_1 = blocks[0]
+    unpooled = (256 * math.prod(conv_1.pre_pool_shape) + conv_1.g_op.weight.numel()) * 4
+    assert unpooled / memory.stored_bytes_per_iteration(conv_1, 256, 1, 4) > 3.5
+
+
 def test_determinism_from_the_environment_when_not_set(monkeypatch):
     impl = TritonBackend()
     monkeypatch.delenv("DTP_FAST_DETERMINISTIC", raising=False)

@@ -522,10 +522,11 @@ def test_noisy_unpool_diff_philox_errors(ext):
 
 @pytest.mark.parametrize("pool_name", ["2x2/2", "3/2/1", "linear"])
 def test_triton_dh2_in_kernel_noise_equals_the_torch_backend(pool_name):
-    """dh2 with dy drawn in the kernel = the torch backend's dh2 on the materialised counter noise."""
+    """dh2 with dy drawn in the kernel = the torch backend's dh2 on the materialised counter noise; both at the
+    block's output (pooled) resolution, and placed at the clean switches they are h(y + dy; I0) - h(y; I0)."""
     device = impl_device(TRITON)
     torch.manual_seed(2)
-    from dtp_fast.blocks import conv_block, linear_block
+    from dtp_fast.blocks import ACTIVATIONS, conv_block, linear_block
     from dtp_fast.feedback import TorchBackend
     from dtp_fast.feedback import TritonBackend
     from dtp_fast.noise import CounterNoise, NoiseBlock
@@ -539,10 +540,15 @@ def test_triton_dh2_in_kernel_noise_equals_the_torch_backend(pool_name):
     y, sw = block.f(x)
     h0 = block.h(y, sw)
     nb = NoiseBlock(CounterNoise(5), 7, 2, "y", 4, n, S, 3, tuple(y.shape))
-    want = TorchBackend().dh2(block, y, nb, 0.2, sw, h0)
+    a0 = ACTIVATIONS[block.act](y)
+    want = TorchBackend().dh2(block, y, nb, 0.2, a0)
+    copies = n * S
+    rep = None if sw is None else sw.repeat(copies, 1, 1, 1)
+    noisy = y.repeat(copies, *[1] * (y.dim() - 1)) + 0.2 * nb.materialize(y.device, y.dtype)
+    unpooled = (block.h(noisy, rep).unflatten(0, (copies, -1)) - h0).flatten(0, 1)
+    assert_close_within(block.unpool(want, rep), unpooled, rtol=1e-6, atol=1e-6, what="dh2 unpooled")
     block.to(device)
-    dsw = None if sw is None else sw.to(device)
-    got = TritonBackend(tf32=False).dh2(block, y.to(device), nb, 0.2, dsw, h0.to(device))
+    got = TritonBackend(tf32=False).dh2(block, y.to(device), nb, 0.2, a0.to(device))
     assert got.shape == want.shape
     assert_close_within(got.cpu(), want, what="dh2 in-kernel noise %s" % pool_name, **TRITON_TOL[torch.float32])
 

@@ -1,12 +1,16 @@
 """The ``cpp`` backend: the ``torch`` engine with its elementwise work fused into
-OpenMP kernels of ``dtp_fast._C``.
+OpenMP kernels of ``dtp_fast._C`` and the chain of pooled layers switch-sparse.
 
 For a pooled block, the precomputation of dh1 (max-pool of the noisy
 activations with switches, unpool, activation, difference to the clean pass)
-and of dh2 (noisy output, unpool with the clean switches, activation,
-difference) each becomes one pass over memory, with no switches or pooled
-tensors materialised. Everything else (convolutions, the sequential chain)
-is the ``torch`` engine's.
+becomes one pass over memory, with no switches or pooled tensors
+materialised. dh2 is held at pooled resolution (as in the ``torch`` engine)
+and, where the feedback is a stride-1 transposed convolution, the chain's
+transposed convolution and weight gradient run on its non-zeros only (the
+``sparse`` ops: one position in four behind a 2x2 pool), through index lists
+of the clean switches built once per batch and layer.
+
+The noisy forward convolution, A_k and everything else are the ``torch`` engine's.
 """
 from __future__ import annotations
 
@@ -35,12 +39,26 @@ class CppBackend(TorchBackend):
         z1 = block.f_op(x_noisy)
         return ops.pool_unpool_diff(z1, h0, block.act, *block.pool, impl="compiled")
 
-    def dh2(self, block, y, eps, sigma, switches, h0):
-        if block.pool is None:
-            return super().dh2(block, y, eps, sigma, switches, h0)
-        eps = eps.materialize(y.device, y.dtype).contiguous(memory_format=torch.channels_last)
-        return ops.noisy_unpool_diff(y, eps, sigma, switches, h0, block.act, block.pre_pool_shape[1:],
-                                     impl="compiled")
+    @staticmethod
+    def _sparse_chain(layer) -> bool:
+        """Whether the layer's chain runs on the sparse ops: a pooled conv block whose feedback is a
+        stride-1 transposed convolution of one group, float32 or float64."""
+        g = layer.block.g_op
+        return (layer.switches is not None and not layer.linear and tuple(g.stride) == (1, 1) and g.groups == 1
+                and tuple(g.output_padding) == (0, 0) and layer.weight.dtype in (torch.float32, torch.float64))
+
+    def conv_precompute(self, layer, dx, eps_y, n: int):
+        if layer.plan is None and self._sparse_chain(layer):  # once per batch and layer
+            g, V = layer.block.g_op, layer.weight
+            layer.plan = ops.switch_lists(layer.switches, layer.block.pre_pool_shape[1:], V.shape, g.padding,
+                                          g.dilation, layer.x.shape[2:], layer.hp.samples, V.dtype)
+        return super().conv_precompute(layer, dx, eps_y, n)
+
+    def conv_chain(self, layer, d2):
+        if layer.plan is None:
+            return super().conv_chain(layer, d2)
+        dr_pad = ops.pooled_conv_t(d2, layer.plan, layer.weight)
+        return ops.interior(dr_pad, layer.plan), ops.pooled_wgrad(d2, layer.plan, dr_pad)
 
 
 register_backend(CppBackend(), priority=20)

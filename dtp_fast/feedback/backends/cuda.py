@@ -2,12 +2,12 @@
 the CUDA kernels of ``dtp_fast._C`` (csrc/cuda/), for CUDA devices.
 
 Per pooled conv block, the precomputation of a chunk of feedback iterations
-becomes two kernels: dh1 (max-pool of the noisy pre-activations with
+fuses dh1 into one kernel (max-pool of the noisy pre-activations with
 switches, unpool, activation, difference to the clean pass;
-``pool_unpool_diff``) and dh2 (``noisy_unpool_diff_philox``: the output noise
-drawn in the kernel from the counter-based stream, so it is never stored).
-The input noise dx and the noise of unpooled blocks are drawn by the CUDA
-``philox_normal_`` kernel. Both give the values of :class:`~dtp_fast.noise.CounterNoise`
+``pool_unpool_diff``). dh2 is held at pooled resolution, act(y + dy) - act(y)
+(the engine's elementwise ops; the chain unpools it one iteration at a time),
+4x smaller than unpooled behind 2x2 pools. The noise (dx, dy) is drawn by the
+CUDA ``philox_normal_`` kernel. Both give the values of :class:`~dtp_fast.noise.CounterNoise`
 on any device (the same Philox stream), so this backend and ``reference``
 see the same noise. Convolutions (cuDNN) are the ``torch`` engine's.
 
@@ -143,17 +143,9 @@ class CudaBackend(GpuPolicy, TorchBackend):
         z1 = block.f_op(x_noisy)
         return ops.pool_unpool_diff(z1, h0, block.act, *block.pool, impl="compiled")
 
-    def dh2(self, block, y, eps, sigma, switches, h0):
-        if block.pool is None or y.dtype not in _DTYPES:
-            return super().dh2(block, y, _Materialized(self._noise(eps, y.device, y.dtype)), sigma, switches, h0)
-        size = block.pre_pool_shape[1:]
-        if isinstance(eps.source, CounterNoise):
-            # the output takes y's memory format: channels_last, as the engine keeps dh2
-            y_cl = y.contiguous(memory_format=torch.channels_last)
-            return ops.noisy_unpool_diff_philox(y_cl, sigma, switches, h0, block.act, size, _key_words(eps),
-                                            eps.offset, eps.k0, eps.samples, eps.n * eps.samples)
-        e = eps.materialize(y.device, y.dtype).contiguous(memory_format=torch.channels_last)
-        return ops.noisy_unpool_diff(y, e, sigma, switches, h0, block.act, size, impl="compiled")
+    def dh2(self, block, y, eps, sigma, a0):
+        """At pooled resolution (the engine's elementwise ops) with the noise from the CUDA kernel."""
+        return super().dh2(block, y, _Materialized(self._noise(eps, y.device, y.dtype)), sigma, a0)
 
     # ------------------------------------------------------------------ the chain
     def run_interleaved(self, layers, report: str, reduce=None) -> None:

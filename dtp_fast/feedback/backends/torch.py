@@ -13,7 +13,11 @@ matrix product) with input h and output gradient g, and <dx, V * dh1> =
 LayerState.finish). Because F is
 frozen, dx, the noisy forward pass, dh1, A_k and dh2 do not depend on V: they
 are computed for a chunk of iterations at once, the noisy forward pass in one
-batched call per layer, and only dh2 and the weight-sized A_k are kept. The
+batched call per layer, and only dh2 and the weight-sized A_k are kept. dh2
+is kept at the block's output resolution, ``act(y + dy) - act(y)``: behind a
+max-pool, h(y + dy; I0) - h(y; I0) is that placed at the clean switches I0
+(zeros elsewhere, as act(0) = 0), so the stored perturbations are 4x smaller
+(2x2 pools); the chain unpools one iteration at a time. The
 sequential chain is one transposed convolution, one weight gradient and the
 momentum step per iteration. The layers are independent: on a CPU they are
 spread over worker threads, elsewhere interleaved (iteration k of every layer
@@ -26,10 +30,12 @@ import threading
 
 import torch
 
+from ...blocks import ACTIVATIONS
 from ...noise import NoiseBlock
 from ..engine import register_backend
 from ..layer import LayerState
-from ..memory import DEFAULT_MEMORY_BUDGET, minimum_memory_budget, plan_chunk, resolve_budget
+from ..memory import (CPU_AUTO_ITERATIONS, DEFAULT_MEMORY_BUDGET, chunk_memory_budget, minimum_memory_budget,
+                      plan_chunk, resolve_budget)
 
 __all__ = ["TorchBackend", "AnalyticBackend"]
 
@@ -138,19 +144,20 @@ class TorchBackend:
 
     def conv_precompute(self, layer, dx, eps_y, n: int):
         """For a conv layer and a chunk of n iterations: ``A_k = wgrad(dh1, dx)`` (n, *V) and what
-        :meth:`conv_chain` needs (here dh2, (n, S*B, *h)). dx: (n*S, B, *x); eps_y: the
-        :class:`NoiseBlock` of dy."""
+        :meth:`conv_chain` needs (here dh2 at the block's output resolution, (n, S*B, *y)). dx:
+        (n*S, B, *x); eps_y: the :class:`NoiseBlock` of dy."""
         fmt, hp = layer.memory_format, layer.hp
         dh1 = self.dh1(layer.block, (dx + layer.x).flatten(0, 1), layer.h0).contiguous(memory_format=fmt)
-        dh2 = self.dh2(layer.block, layer.y, eps_y, hp.noise, layer.switches, layer.h0)
-        dh2 = dh2.contiguous(memory_format=fmt)
+        d2 = self.dh2(layer.block, layer.y, eps_y, hp.noise, layer.a0)
         dx = dx.reshape(n, -1, *dx.shape[2:])
         dh1 = dh1.reshape(n, -1, *dh1.shape[1:])
         A = torch.stack([layer.wgrad(dh1[j], dx[j]) for j in range(n)])
-        return A, dh2.reshape(n, -1, *dh2.shape[1:])
+        return A, d2.reshape(n, -1, *d2.shape[1:])
 
-    def conv_chain(self, layer, dh2):
-        """``dr_y = V * dh2`` and ``wgrad(dh2, dr_y)`` of one iteration."""
+    def conv_chain(self, layer, d2):
+        """``dr_y = V * dh2`` and ``wgrad(dh2, dr_y)`` of one iteration, from what
+        :meth:`conv_precompute` stored (here dh2 = ``layer.unpool(d2)``)."""
+        dh2 = layer.unpool(d2).contiguous(memory_format=layer.memory_format)
         dr_y = layer.conv_t(dh2)
         return dr_y, layer.wgrad(dh2, dr_y)
 
@@ -165,14 +172,14 @@ class TorchBackend:
         h1 = block.h(y1, s1)
         return h1.unflatten(0, (-1, h0.shape[0])).sub_(h0).flatten(0, 1)
 
-    def dh2(self, block, y, eps, sigma, switches, h0):
-        """``h(y + sigma * eps; I0) - h0`` for the noise ``eps`` (a :class:`NoiseBlock` of M*B rows),
-        y and switches (B, ...)."""
+    def dh2(self, block, y, eps, sigma, a0):
+        """``act(y + sigma * eps) - a0`` for the noise ``eps`` (a :class:`NoiseBlock` of M*B rows), y
+        and a0 = act(y) (B, ...): dh2 at the block's output resolution (behind a max-pool, the
+        chain's dh2 is its unpooling at the clean switches: ``LayerState.unpool``)."""
         eps = eps.materialize(y.device, y.dtype)
         m = eps.shape[0] // y.shape[0]
-        sw = None if switches is None else switches.repeat(m, *([1] * (switches.dim() - 1)))
-        h2 = block.h((sigma * eps).unflatten(0, (m, -1)).add_(y).flatten(0, 1), sw)
-        return h2.unflatten(0, (m, -1)).sub_(h0).flatten(0, 1)
+        h2 = ACTIVATIONS[block.act]((sigma * eps).unflatten(0, (m, -1)).add_(y))
+        return h2.sub_(a0).flatten(0, 1)
 
     def run_interleaved(self, layers, report: str, reduce=None) -> None:
         """Run every layer's iterations on this thread, iteration k of every layer before k + 1
@@ -209,7 +216,8 @@ class TorchBackend:
                                  f"activations are {x0.dtype} on {x0.device}: move the network with "
                                  f"net.to(device, dtype)")
         batch, esize = x0.shape[0], x0.element_size()
-        budget = resolve_budget(budget, x0.device, minimum_memory_budget(blocks, hparams, batch, esize))
+        budget = resolve_budget(budget, x0.device, minimum_memory_budget(blocks, hparams, batch, esize),
+                                chunk_memory_budget(CPU_AUTO_ITERATIONS, blocks, hparams, batch, esize))
         # collectives run in the same order on every process: one thread, layers interleaved
         workers = 1 if reduce is not None else self.workers(x0.device, hparams, budget, blocks, batch, esize)
         chunk = plan_chunk(blocks, names, hparams, batch, esize, budget, workers)

@@ -5,8 +5,12 @@ What runs where, per batch:
 
 - Precomputation (batched over all the iterations a chunk holds): dx = sigma * eps
   drawn in a kernel; the noisy forward convolution (cuDNN); dh1 in one kernel
-  (activation, max-pool with switches, unpool, minus the clean pass); dh2 in one
-  kernel with its noise drawn in the kernel, never stored; A_k = wgrad(dh1, dx).
+  (activation, max-pool with switches, unpool, minus the clean pass); dh2 at
+  pooled resolution, act(y + dy) - act(y), in one kernel with its noise drawn
+  in the kernel (the noise is never stored; dh2 is 4x smaller than unpooled
+  behind 2x2 pools, so a whole phase fits a CUDA graph at larger batches);
+  A_k = wgrad(dh1, dx). The chain unpools each iteration's dh2 at the clean
+  switches before its transposed convolution (the engine's ``LayerState.unpool``).
 - Linear feedback blocks: C_k and A_k by batched matrix products, then every
   iteration in one persistent kernel (momentum SGD and the loss included).
 - Conv feedback blocks, layers interleaved: per iteration one transposed
@@ -132,23 +136,23 @@ class TritonBackend(GpuPolicy, TorchBackend):
 
         return pool_unpool_diff(block.f_op(x_noisy), h0, block.act, *block.pool, block=self.block)
 
-    def _dh2(self, block, y, eps: NoiseBlock, sigma, switches, h0, out=None):
+    def _dh2(self, block, y, eps: NoiseBlock, sigma, a0, out=None):
+        """act(y + sigma * eps) - a0 at y's resolution in one kernel, the noise drawn in it."""
         from ...ops.triton.dh import noisy_unpool_diff
 
         counter = self._counter(eps)
         tensor = None if counter is not None else eps.materialize(y.device, y.dtype)
-        return noisy_unpool_diff(y, switches, h0, block.act, block.pool, sigma, eps.n * eps.samples, eps=tensor,
-                                 noise=counter, out=out, channels_last=block.kind == "conv" and h0.dim() == 4,
-                                 block=self.block)
+        return noisy_unpool_diff(y, None, a0, block.act, None, sigma, eps.n * eps.samples, eps=tensor,
+                                 noise=counter, out=out, block=self.block)
 
-    def dh2(self, block, y, eps, sigma, switches, h0):
-        return self._dh2(block, y, eps, sigma, switches, h0)
+    def dh2(self, block, y, eps, sigma, a0):
+        return self._dh2(block, y, eps, sigma, a0)
 
     def conv_precompute(self, layer, dx, eps_y, n: int):
         static = self._current.buffers.get(layer.index) if self._current is not None else None
         dh1 = self.dh1(layer.block, (dx + layer.x).flatten(0, 1), layer.h0).contiguous(memory_format=layer.memory_format)
-        dh2 = self._dh2(layer.block, layer.y, eps_y, layer.hp.noise, layer.switches, layer.h0,
-                        out=None if static is None else static["dh2"])
+        d2 = self._dh2(layer.block, layer.y, eps_y, layer.hp.noise, layer.a0,
+                       out=None if static is None else static["dh2"])
         dx = dx.reshape(n, -1, *dx.shape[2:])
         dh1 = dh1.reshape(n, -1, *dh1.shape[1:])
         V = layer.weight
@@ -156,7 +160,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
                                                                        dtype=V.dtype, device=V.device)
         for j in range(n):
             A[j].copy_(layer.wgrad(dh1[j], dx[j]))
-        return A, dh2.reshape(n, -1, *dh2.shape[1:])
+        return A, d2.reshape(n, -1, *d2.shape[1:])
 
     # ------------------------------------------------------------------ the chain
     @staticmethod
@@ -273,11 +277,11 @@ class TritonBackend(GpuPolicy, TorchBackend):
             for i in conv:
                 lay = layers[i]
                 n, V = lay.hp.iterations, lay.weight
-                shape = (n * lay.hp.samples * lay.batch, *lay.h0.shape[1:])
+                shape = (n * lay.hp.samples * lay.batch, *lay.y.shape[1:])     # dh2 at pooled resolution
                 entry.buffers[lay.index] = {
                     "V": torch.empty_like(V), "buf": torch.empty_like(lay.momentum_buffer),
                     "A": torch.empty_strided((n, *V.shape), (V.numel(), *V.stride()), dtype=V.dtype, device=V.device),
-                    "dh2": torch.empty(shape, dtype=V.dtype, device=V.device, memory_format=lay.memory_format),
+                    "dh2": torch.empty(shape, dtype=V.dtype, device=V.device),
                 }
         while len(self._graphs) >= self.max_graphs:
             self._graphs.popitem(last=False)

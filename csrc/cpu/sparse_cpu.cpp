@@ -1,0 +1,406 @@
+// CPU kernels of the sparse family: the chain of a pooled conv feedback layer
+// (ALGORITHM.md section 5) computed from dh2 held at pooled resolution.
+//
+// Behind a max-pool, dh2 = unpool(d2, I0) with the clean switches I0 (fixed for
+// the whole feedback phase of a batch) and d2 = ACT(y + dy) - ACT(y) pooled:
+// one position in four (2x2 pools) of dh2 is non-zero. The transposed
+// convolution dr_y = V * dh2 and the weight gradient wgrad(dh2, dr_y) then only
+// need the non-zeros, found through index lists built once per batch:
+//
+// dtp_fast::switch_lists(indices, ...) -> (pix_ptr, pix_ent, ch_ptr, ch_ent)
+//   pix: for every output pixel o of dr_y (rows x Hx x Wx, CSR pix_ptr), the
+//     pairs (value index, weight offset) of every non-zero of dh2 and tap of V
+//     that reach it: dr_y[o] = sum d2[value] * V[offset .. offset + Cxp).
+//   ch: for every channel c of dh2 (CSR ch_ptr), the pairs (value index, offset
+//     of the non-zero's pixel in the padded dr_y buffer), so that
+//     wgrad[c, tap] = sum d2[value] * dr_pad[offset + tap offset .. + Cxp).
+//   With overlapping pools two windows can hold the same switch; unpooling
+//   keeps the value of the last window in row-major order (as unpool_act2d),
+//   so the lists hold only that window.
+// dtp_fast::pooled_conv_t(values, pix_ptr, pix_ent, weight, ...) -> dr_pad
+// dtp_fast::pooled_wgrad(values, ch_ptr, ch_ent, dr_pad, ...) -> wgrad
+//
+// Layouts (the Python wrappers in dtp_fast/ops/sparse.py make them):
+// - values: one iteration's d2, (rows, C, Hp, Wp) contiguous; value index
+//   (r * C + c) * Hp * Wp + q.
+// - weight: V as [c][kh][kw][co] with co padded to Cxp (a multiple of the
+//   vector width, zeros beyond Cx).
+// - dr_pad: (rows, Hb, Wb, Cxp): dr_y at rows/cols [ph, ph + Hx) x [pw, pw + Wx),
+//   zeros elsewhere, so that every tap of every non-zero lands inside it.
+// - wgrad: (C, KH * KW, Cxp), i.e. V's [c][kh][kw][co] layout.
+// Only stride-1 transposed convolutions with one group (what a stride-1
+// Conv2d's feedback block is); the engine falls back to dense kernels
+// otherwise. Sums run in the order of the lists (not the dense kernels'
+// order): equal to them up to rounding.
+//
+// Speed: accumulators live in registers (GCC vector extensions, one function
+// clone per ISA); this file contracts a * b + c into FMAs (the pragma below),
+// unlike the rest of the library, whose noise must round as its references.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=fast")
+// 64-byte vectors pass between always-inlined helpers only: no ABI crosses a call
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+namespace dtp_fast {
+namespace {
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(_WIN32)
+#define DTP_FAST_SPARSE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DTP_FAST_SPARSE_CLONES
+#endif
+#define DTP_FAST_INLINE __attribute__((always_inline)) inline
+
+// 64 bytes of scalar_t: one AVX-512 register (two AVX2, four SSE ones).
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(64)));
+  static constexpr int lanes = 64 / sizeof(T);
+};
+
+template <typename T>
+DTP_FAST_INLINE typename Vec<T>::type load(const T* p) {
+  typename Vec<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+DTP_FAST_INLINE void store(T* p, typename Vec<T>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+// ------------------------------------------------------------------ the lists
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> switch_lists_cpu(
+    const at::Tensor& indices, at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef padding,
+    at::IntArrayRef dilation, at::IntArrayRef output_size, int64_t copies, int64_t cx_padded) {
+  constexpr const char* op = "dtp_fast::switch_lists";
+  TORCH_CHECK(indices.dim() == 4 && indices.scalar_type() == at::kLong && indices.device().is_cpu(), op,
+              ": indices must be a 4-D int64 CPU tensor (the switches of max_pool2d), got ", indices.sizes(), " ",
+              indices.scalar_type(), " on ", indices.device());
+  TORCH_CHECK(input_size.size() == 2 && kernel_size.size() == 2 && padding.size() == 2 && dilation.size() == 2 &&
+                  output_size.size() == 2, op, ": sizes must be pairs");
+  TORCH_CHECK(copies >= 1 && cx_padded >= 1, op, ": copies and cx_padded must be >= 1");
+  const int64_t B = indices.size(0), C = indices.size(1), Q = indices.size(2) * indices.size(3);
+  const int64_t H = input_size[0], W = input_size[1], KH = kernel_size[0], KW = kernel_size[1];
+  const int64_t ph = padding[0], pw = padding[1], dh = dilation[0], dw = dilation[1];
+  const int64_t Hx = output_size[0], Wx = output_size[1];
+  TORCH_CHECK(H > 0 && W > 0 && KH > 0 && KW > 0 && ph >= 0 && pw >= 0 && dh > 0 && dw > 0 && Hx > 0 && Wx > 0, op,
+              ": sizes must be positive and padding non-negative");
+  const int64_t Hb = std::max(H + (KH - 1) * dh, ph + Hx), Wb = std::max(W + (KW - 1) * dw, pw + Wx);
+  const int64_t R = copies * B, KK = KH * KW;
+  TORCH_CHECK(R * C * Q <= kInt32Max && R * Hb * Wb * cx_padded <= kInt32Max && C * KK * cx_padded <= kInt32Max,
+              op, ": too large for 32-bit list offsets (", R, " rows); lower the batch size");
+  const at::Tensor idx = indices.contiguous();
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  // winner[(b * C + c) * H * W + pixel]: the last window (row-major) whose switch is that pixel
+  std::vector<int32_t> winner(static_cast<size_t>(B * C * H * W), -1);
+  for (int64_t bc = 0; bc < B * C; ++bc) {
+    for (int64_t q = 0; q < Q; ++q) {
+      const int64_t s = ip[bc * Q + q];
+      TORCH_CHECK(s >= 0 && s < H * W, op, ": switch ", s, " out of range for a ", H, "x", W,
+                  " input plane (indices must come from max_pool2d of that plane)");
+      winner[bc * H * W + s] = static_cast<int32_t>(q);
+    }
+  }
+  auto live = [&](int64_t bc, int64_t q) { return winner[bc * H * W + ip[bc * Q + q]] == q; };
+  auto opt = at::TensorOptions().dtype(at::kInt);
+
+  // ch lists: channel c, then row r, then window q
+  at::Tensor ch_ptr = at::empty({C + 1}, opt);
+  int32_t* cp = ch_ptr.mutable_data_ptr<int32_t>();
+  int64_t total = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    cp[c] = static_cast<int32_t>(total);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t q = 0; q < Q; ++q) total += live(b * C + c, q) ? copies : 0;
+  }
+  cp[C] = static_cast<int32_t>(total);
+  TORCH_CHECK(total * KK <= kInt32Max, op, ": too many non-zeros for 32-bit lists; lower the batch size");
+  at::Tensor ch_ent = at::empty({total, 2}, opt);
+  int32_t* ce = ch_ent.mutable_data_ptr<int32_t>();
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int32_t* e = ce + 2 * static_cast<int64_t>(cp[c]);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t b = r % B;
+        for (int64_t q = 0; q < Q; ++q) {
+          if (!live(b * C + c, q)) continue;
+          const int64_t s = ip[(b * C + c) * Q + q];
+          *e++ = static_cast<int32_t>((r * C + c) * Q + q);
+          *e++ = static_cast<int32_t>(((r * Hb + s / W) * Wb + s % W) * cx_padded);
+        }
+      }
+    }
+  });
+
+  // pix lists: output pixel (r, oh, ow); within it channel c, window q, tap
+  const int64_t P = Hx * Wx;
+  at::Tensor pix_ptr = at::empty({R * P + 1}, opt);
+  int32_t* pp = pix_ptr.mutable_data_ptr<int32_t>();
+  std::vector<int64_t> count(static_cast<size_t>(B * P), 0);
+  auto for_taps = [&](int64_t b, auto&& visit) {  // visit(output pixel, value index in row, weight offset)
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t q = 0; q < Q; ++q) {
+        if (!live(b * C + c, q)) continue;
+        const int64_t s = ip[(b * C + c) * Q + q], ih = s / W, iw = s % W;
+        for (int64_t kh = 0; kh < KH; ++kh) {
+          const int64_t oh = ih - ph + kh * dh;
+          if (oh < 0 || oh >= Hx) continue;
+          for (int64_t kw = 0; kw < KW; ++kw) {
+            const int64_t ow = iw - pw + kw * dw;
+            if (ow < 0 || ow >= Wx) continue;
+            visit(oh * Wx + ow, c * Q + q, (c * KK + kh * KW + kw) * cx_padded);
+          }
+        }
+      }
+    }
+  };
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for_taps(b, [&](int64_t o, int64_t, int64_t) { ++count[b * P + o]; });
+  });
+  int64_t acc = 0;
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t o = 0; o < P; ++o) {
+      pp[r * P + o] = static_cast<int32_t>(acc);
+      acc += count[(r % B) * P + o];
+      TORCH_CHECK(acc <= kInt32Max, op, ": too many non-zeros for 32-bit lists; lower the batch size");
+    }
+  pp[R * P] = static_cast<int32_t>(acc);
+  at::Tensor pix_ent = at::empty({acc, 2}, opt);
+  int32_t* pe = pix_ent.mutable_data_ptr<int32_t>();
+  at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<int64_t> fill(static_cast<size_t>(P));
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t o = 0; o < P; ++o) fill[o] = pp[r * P + o];
+      const int64_t base = r * C * Q;
+      for_taps(r % B, [&](int64_t o, int64_t v, int64_t w) {
+        int32_t* e = pe + 2 * fill[o]++;
+        e[0] = static_cast<int32_t>(base + v);
+        e[1] = static_cast<int32_t>(w);
+      });
+    }
+  });
+  return {pix_ptr, pix_ent, ch_ptr, ch_ent};
+}
+
+// ------------------------------------------------------------------ the transposed convolution
+// Output pixels o0 .. o1 - 1 (flat over rows x Hx x Wx) into out (dr_pad), NB vectors of co at a time.
+template <typename T, int NB>
+DTP_FAST_INLINE void conv_t_block(const T* val, const int32_t* ptr, const int32_t* ent, const T* w, T* out,
+                                  int64_t o0, int64_t o1, int64_t Hx, int64_t Wx, int64_t Hb, int64_t Wb,
+                                  int64_t ph, int64_t pw, int64_t co, int64_t cxp) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  for (int64_t o = o0; o < o1; ++o) {
+    V a[NB], b[NB];  // two accumulator sets: consecutive entries do not wait on each other
+    for (int j = 0; j < NB; ++j) a[j] = b[j] = V{};
+    int64_t e = ptr[o];
+    const int64_t end = ptr[o + 1];
+    for (; e + 1 < end; e += 2) {
+      const T u = val[ent[2 * e]], v = val[ent[2 * e + 2]];
+      const T* wu = w + ent[2 * e + 1] + co;
+      const T* wv = w + ent[2 * e + 3] + co;
+      for (int j = 0; j < NB; ++j) {
+        a[j] += u * load<T>(wu + j * L);
+        b[j] += v * load<T>(wv + j * L);
+      }
+    }
+    if (e < end) {
+      const T u = val[ent[2 * e]];
+      const T* wu = w + ent[2 * e + 1] + co;
+      for (int j = 0; j < NB; ++j) a[j] += u * load<T>(wu + j * L);
+    }
+    const int64_t r = o / (Hx * Wx), oh = o / Wx % Hx, ow = o % Wx;
+    T* dst = out + ((r * Hb + oh + ph) * Wb + ow + pw) * cxp + co;
+    for (int j = 0; j < NB; ++j) store<T>(dst + j * L, a[j] + b[j]);
+  }
+}
+
+template <typename T>
+DTP_FAST_INLINE void conv_t_range(const T* val, const int32_t* ptr, const int32_t* ent, const T* w, T* out,
+                                  int64_t o0, int64_t o1, int64_t Hx, int64_t Wx, int64_t Hb, int64_t Wb,
+                                  int64_t ph, int64_t pw, int64_t cxp) {
+  constexpr int L = Vec<T>::lanes;
+  int64_t co = 0;
+  for (; co + 2 * L <= cxp; co += 2 * L) conv_t_block<T, 2>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, co, cxp);
+  if (co < cxp) conv_t_block<T, 1>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, co, cxp);
+}
+
+DTP_FAST_SPARSE_CLONES void conv_t_f32(const float* val, const int32_t* ptr, const int32_t* ent, const float* w,
+                                       float* out, int64_t o0, int64_t o1, int64_t Hx, int64_t Wx, int64_t Hb,
+                                       int64_t Wb, int64_t ph, int64_t pw, int64_t cxp) {
+  conv_t_range<float>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, cxp);
+}
+
+DTP_FAST_SPARSE_CLONES void conv_t_f64(const double* val, const int32_t* ptr, const int32_t* ent, const double* w,
+                                       double* out, int64_t o0, int64_t o1, int64_t Hx, int64_t Wx, int64_t Hb,
+                                       int64_t Wb, int64_t ph, int64_t pw, int64_t cxp) {
+  conv_t_range<double>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, cxp);
+}
+
+void check_common(const char* op, const at::Tensor& values, const at::Tensor& ptr, const at::Tensor& ent,
+                  const at::Tensor& dense, int64_t cxp) {
+  TORCH_CHECK(values.device().is_cpu() && dense.device().is_cpu() && ptr.device().is_cpu() && ent.device().is_cpu(),
+              op, ": expected CPU tensors");
+  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble, op,
+              ": float32 or float64 only, got ", values.scalar_type());
+  TORCH_CHECK(dense.scalar_type() == values.scalar_type(), op, ": values and the dense operand must have one dtype");
+  TORCH_CHECK(values.is_contiguous() && dense.is_contiguous() && ptr.is_contiguous() && ent.is_contiguous(), op,
+              ": operands must be contiguous (use dtp_fast.ops.pooled_conv_t / pooled_wgrad)");
+  TORCH_CHECK(ptr.scalar_type() == at::kInt && ent.scalar_type() == at::kInt && ent.dim() == 2 && ent.size(1) == 2,
+              op, ": lists must come from dtp_fast::switch_lists");
+  TORCH_CHECK(cxp % (64 / static_cast<int64_t>(values.element_size())) == 0, op,
+              ": the channel count must be padded to a multiple of ", 64 / values.element_size());
+}
+
+at::Tensor pooled_conv_t_cpu(const at::Tensor& values, const at::Tensor& pix_ptr, const at::Tensor& pix_ent,
+                             const at::Tensor& weight, int64_t rows, at::IntArrayRef output_size,
+                             at::IntArrayRef padded_size, at::IntArrayRef padding) {
+  constexpr const char* op = "dtp_fast::pooled_conv_t";
+  TORCH_CHECK(weight.dim() == 4, op, ": weight must be (C, KH, KW, Cxp)");
+  const int64_t cxp = weight.size(3);
+  check_common(op, values, pix_ptr, pix_ent, weight, cxp);
+  const int64_t Hx = output_size[0], Wx = output_size[1], Hb = padded_size[0], Wb = padded_size[1];
+  const int64_t ph = padding[0], pw = padding[1];
+  TORCH_CHECK(pix_ptr.numel() == rows * Hx * Wx + 1, op, ": pix_ptr does not match rows x output size");
+  TORCH_CHECK(Hb >= ph + Hx && Wb >= pw + Wx, op, ": padded size too small for the output");
+  at::Tensor out = at::empty({rows, Hb, Wb, cxp}, values.options());
+  // the border (everything outside the output window) is zero
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "dtp_fast_pooled_conv_t_cpu", [&] {
+    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t i = 0; i < Hb; ++i)
+          for (int64_t j = 0; j < Wb; ++j)
+            if (i < ph || i >= ph + Hx || j < pw || j >= pw + Wx)
+              std::fill_n(op_ + ((r * Hb + i) * Wb + j) * cxp, cxp, scalar_t(0));
+    });
+  });
+  const int32_t* pp = pix_ptr.const_data_ptr<int32_t>();
+  const int32_t* pe = pix_ent.const_data_ptr<int32_t>();
+  const int64_t pixels = rows * Hx * Wx;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, cxp));
+  if (values.scalar_type() == at::kFloat) {
+    const float* v = values.const_data_ptr<float>();
+    const float* w = weight.const_data_ptr<float>();
+    float* o = out.mutable_data_ptr<float>();
+    at::parallel_for(0, pixels, grain, [&](int64_t o0, int64_t o1) {
+      conv_t_f32(v, pp, pe, w, o, o0, o1, Hx, Wx, Hb, Wb, ph, pw, cxp);
+    });
+  } else {
+    const double* v = values.const_data_ptr<double>();
+    const double* w = weight.const_data_ptr<double>();
+    double* o = out.mutable_data_ptr<double>();
+    at::parallel_for(0, pixels, grain, [&](int64_t o0, int64_t o1) {
+      conv_t_f64(v, pp, pe, w, o, o0, o1, Hx, Wx, Hb, Wb, ph, pw, cxp);
+    });
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------ the weight gradient
+// Channels c0 .. c1 - 1; taps in groups of kTaps (accumulators in registers), NB vectors of co at a time.
+constexpr int kTaps = 9;
+
+template <typename T, int NB>
+DTP_FAST_INLINE void wgrad_block(const T* val, const int32_t* ptr, const int32_t* ent, const T* dr, T* out,
+                                 int64_t c, const int64_t* tofs, int nt, int64_t t0, int64_t KK, int64_t co,
+                                 int64_t cxp) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::lanes;
+  V a[kTaps][NB];
+  for (int t = 0; t < kTaps; ++t)
+    for (int j = 0; j < NB; ++j) a[t][j] = V{};
+  for (int64_t e = ptr[c]; e < ptr[c + 1]; ++e) {
+    const T u = val[ent[2 * e]];
+    const T* src = dr + ent[2 * e + 1] + co;
+    for (int t = 0; t < kTaps; ++t)
+      for (int j = 0; j < NB; ++j) a[t][j] += u * load<T>(src + tofs[t] + j * L);
+  }
+  for (int t = 0; t < nt; ++t)
+    for (int j = 0; j < NB; ++j) store<T>(out + (c * KK + t0 + t) * cxp + co + j * L, a[t][j]);
+}
+
+template <typename T>
+DTP_FAST_INLINE void wgrad_range(const T* val, const int32_t* ptr, const int32_t* ent, const T* dr, T* out,
+                                 int64_t c0, int64_t c1, const int64_t* tap_offsets, int64_t KK, int64_t cxp) {
+  constexpr int L = Vec<T>::lanes;
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t t0 = 0; t0 < KK; t0 += kTaps) {
+      const int nt = static_cast<int>(std::min<int64_t>(kTaps, KK - t0));
+      int64_t tofs[kTaps];
+      for (int t = 0; t < kTaps; ++t) tofs[t] = t < nt ? tap_offsets[t0 + t] : 0;  // spare slots: discarded
+      int64_t co = 0;
+      for (; co + 2 * L <= cxp; co += 2 * L) wgrad_block<T, 2>(val, ptr, ent, dr, out, c, tofs, nt, t0, KK, co, cxp);
+      if (co < cxp) wgrad_block<T, 1>(val, ptr, ent, dr, out, c, tofs, nt, t0, KK, co, cxp);
+    }
+  }
+}
+
+DTP_FAST_SPARSE_CLONES void wgrad_f32(const float* val, const int32_t* ptr, const int32_t* ent, const float* dr,
+                                      float* out, int64_t c0, int64_t c1, const int64_t* tofs, int64_t KK,
+                                      int64_t cxp) {
+  wgrad_range<float>(val, ptr, ent, dr, out, c0, c1, tofs, KK, cxp);
+}
+
+DTP_FAST_SPARSE_CLONES void wgrad_f64(const double* val, const int32_t* ptr, const int32_t* ent, const double* dr,
+                                      double* out, int64_t c0, int64_t c1, const int64_t* tofs, int64_t KK,
+                                      int64_t cxp) {
+  wgrad_range<double>(val, ptr, ent, dr, out, c0, c1, tofs, KK, cxp);
+}
+
+at::Tensor pooled_wgrad_cpu(const at::Tensor& values, const at::Tensor& ch_ptr, const at::Tensor& ch_ent,
+                            const at::Tensor& dr_pad, at::IntArrayRef kernel_size, at::IntArrayRef dilation) {
+  constexpr const char* op = "dtp_fast::pooled_wgrad";
+  TORCH_CHECK(dr_pad.dim() == 4, op, ": dr_pad must be (rows, Hb, Wb, Cxp)");
+  const int64_t cxp = dr_pad.size(3), Wb = dr_pad.size(2);
+  check_common(op, values, ch_ptr, ch_ent, dr_pad, cxp);
+  const int64_t C = ch_ptr.numel() - 1, KH = kernel_size[0], KW = kernel_size[1], KK = KH * KW;
+  std::vector<int64_t> tofs(static_cast<size_t>(KK));
+  for (int64_t kh = 0; kh < KH; ++kh)
+    for (int64_t kw = 0; kw < KW; ++kw) tofs[kh * KW + kw] = (kh * dilation[0] * Wb + kw * dilation[1]) * cxp;
+  at::Tensor out = at::empty({C, KK, cxp}, values.options());
+  const int32_t* cp = ch_ptr.const_data_ptr<int32_t>();
+  const int32_t* ce = ch_ent.const_data_ptr<int32_t>();
+  if (values.scalar_type() == at::kFloat) {
+    const float* v = values.const_data_ptr<float>();
+    const float* d = dr_pad.const_data_ptr<float>();
+    float* o = out.mutable_data_ptr<float>();
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { wgrad_f32(v, cp, ce, d, o, c0, c1, tofs.data(), KK, cxp); });
+  } else {
+    const double* v = values.const_data_ptr<double>();
+    const double* d = dr_pad.const_data_ptr<double>();
+    double* o = out.mutable_data_ptr<double>();
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { wgrad_f64(v, cp, ce, d, o, c0, c1, tofs.data(), KK, cxp); });
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dtp_fast, CPU, m) {
+  m.impl("switch_lists", &switch_lists_cpu);
+  m.impl("pooled_conv_t", &pooled_conv_t_cpu);
+  m.impl("pooled_wgrad", &pooled_wgrad_cpu);
+}
+
+}  // namespace dtp_fast

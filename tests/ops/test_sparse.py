@@ -1,0 +1,134 @@
+"""The ``sparse`` family: switch_lists, pooled_conv_t and pooled_wgrad (the chain of a pooled conv feedback layer
+from dh2 at pooled resolution) against pooled_chain_ref (unpool, then the engine's dense ops).
+
+Tolerances: float64 within rtol 1e-10 / atol 1e-12 of the reference, float32 within rtol 1e-4 / atol 1e-4 on
+values of size about 1 to 100 (the sums run in the order of the lists, not in the dense kernels' order).
+Cases: 2x2 and overlapping (3/2/1, (3, 2)/(2, 2)/(1, 0)) pools, odd planes, batch 1, several noise copies,
+3x3 and 5x5 (more taps than one register block) kernels, padding 0 to 2, dilation 2, output channel counts
+that are not a multiple of the vector width, every input in other layouts.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dtp_fast import ops
+from helpers import COMPILED, DTYPES, assert_close_within, gen, impl_device, layout
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-4)}
+
+# (B, C, Cx, (H, W), pool, kernel, padding, dilation, copies)
+CASES = {
+    "2x2-3x3": (2, 3, 5, (7, 9), ((2, 2), (2, 2), (0, 0)), (3, 3), (1, 1), (1, 1), 1),
+    "lenet-3/2/1-5x5": (1, 4, 17, (8, 8), ((3, 3), (2, 2), (1, 1)), (5, 5), (2, 2), (1, 1), 2),
+    "dilated-3x1": (3, 6, 33, (6, 10), ((2, 2), (2, 2), (0, 0)), (3, 1), (2, 0), (2, 1), 1),
+    "rect-pool-no-pad": (2, 5, 9, (11, 7), ((3, 2), (2, 2), (1, 0)), (3, 3), (0, 0), (1, 1), 1),
+    "batch1-1x1-plane": (1, 7, 16, (2, 2), ((2, 2), (2, 2), (0, 0)), (3, 3), (1, 1), (1, 1), 3),
+    "wide": (2, 16, 40, (8, 8), ((2, 2), (2, 2), (0, 0)), (3, 3), (1, 1), (1, 1), 1),
+}
+
+
+def _case(name, dtype, seed=3):
+    B, C, Cx, (H, W), pool, kernel, padding, dilation, copies = CASES[name]
+    g = gen(seed)
+    z = torch.randn(B, C, H, W, generator=g, dtype=dtype)
+    _, indices = F.max_pool2d(z, *pool, return_indices=True)
+    values = torch.randn(copies * B, *indices.shape[1:], generator=g, dtype=dtype)
+    weight = torch.randn(C, Cx, *kernel, generator=g, dtype=dtype)
+    return values, indices, pool, (H, W), weight, padding, dilation, copies
+
+
+def _lists(indices, hw, weight, padding, dilation, copies, out_hw):
+    return ops.switch_lists(indices, hw, weight.shape, padding, dilation, out_hw, copies, weight.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(CASES))
+def test_pooled_chain_equals_reference(name, dtype):
+    impl_device(COMPILED)
+    values, indices, pool, hw, weight, padding, dilation, copies = _case(name, dtype)
+    want_dr, want_grad = ops.pooled_chain_ref(values, indices, pool, hw, weight, padding, dilation)
+    lists = _lists(indices, hw, weight, padding, dilation, copies, want_dr.shape[2:])
+    dr_pad = ops.pooled_conv_t(values, lists, weight)
+    assert_close_within(ops.interior(dr_pad, lists), want_dr, what=f"dr_y {name}", **TOL[dtype])
+    # the buffer is zero outside dr_y (pooled_wgrad reads the taps that fall there)
+    outside = dr_pad.clone()
+    (ph, pw), (Hx, Wx) = lists.padding, lists.output_size
+    outside[:, ph:ph + Hx, pw:pw + Wx, :lists.channels_out] = 0
+    assert not outside.any()
+    grad = ops.pooled_wgrad(values, lists, dr_pad)
+    assert grad.shape == weight.shape
+    assert_close_within(grad, want_grad, what=f"wgrad {name}", **TOL[dtype])
+
+
+@pytest.mark.parametrize("which", ["values", "weight", "indices"])
+@pytest.mark.parametrize("name", ["2x2-3x3", "lenet-3/2/1-5x5"])
+def test_other_layouts_give_the_same_results(name, which):
+    impl_device(COMPILED)
+    values, indices, pool, hw, weight, padding, dilation, copies = _case(name, torch.float64)
+    want_dr, want_grad = ops.pooled_chain_ref(values, indices, pool, hw, weight, padding, dilation)
+    for fmt in ("channels_last", "slice", "noncontiguous"):
+        v, w, i = values, weight, indices
+        if which == "values":
+            v = layout(values, fmt)
+        elif which == "weight":
+            w = layout(weight, fmt)
+        else:
+            i = layout(indices, fmt)
+        lists = _lists(i, hw, w, padding, dilation, copies, want_dr.shape[2:])
+        dr_pad = ops.pooled_conv_t(v, lists, w)
+        assert_close_within(ops.interior(dr_pad, lists), want_dr, what=f"dr_y {fmt} {which}", **TOL[torch.float64])
+        assert_close_within(ops.pooled_wgrad(v, lists, dr_pad), want_grad, what=f"wgrad {fmt} {which}",
+                            **TOL[torch.float64])
+
+
+def test_overlapping_pools_count_a_shared_switch_once():
+    """Two windows of a 3/2/1 pool with the same switch: unpooling keeps the last window's value, so the lists
+    hold it once (a list that kept both would add both values at that pixel)."""
+    impl_device(COMPILED)
+    z = torch.rand(1, 1, 5, 5, generator=gen(1), dtype=torch.float64)
+    z[0, 0, 1, 1] = 5.0                                       # the maximum of the 4 windows that cover it
+    _, indices = F.max_pool2d(z, 3, 2, 1, return_indices=True)
+    assert (indices == 6).sum() == 4
+    values = torch.arange(1.0, 10.0, dtype=torch.float64).view(1, 1, 3, 3)
+    weight = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    want_dr, want_grad = ops.pooled_chain_ref(values, indices, ((3, 3), (2, 2), (1, 1)), (5, 5), weight, 1, 1)
+    lists = _lists(indices, (5, 5), weight, (1, 1), (1, 1), 1, (5, 5))
+    assert lists.ch_ent.shape[0] == indices.unique().numel() < values.numel()   # one entry per switch
+    dr_pad = ops.pooled_conv_t(values, lists, weight)
+    assert_close_within(ops.interior(dr_pad, lists), want_dr, **TOL[torch.float64])
+    assert_close_within(ops.pooled_wgrad(values, lists, dr_pad), want_grad, **TOL[torch.float64])
+
+
+def test_bad_inputs_are_refused_with_the_reason():
+    impl_device(COMPILED)
+    values, indices, pool, hw, weight, padding, dilation, copies = _case("2x2-3x3", torch.float32)
+    bad = indices.clone()
+    bad[0, 0, 0, 0] = 63
+    with pytest.raises(RuntimeError, match="switch 63 out of range for a 7x9 input plane"):
+        _lists(bad, hw, weight, padding, dilation, copies, hw)
+    with pytest.raises(ValueError, match="indices must be"):
+        _lists(indices[:, :2], hw, weight, padding, dilation, copies, hw)
+    lists = _lists(indices, hw, weight, padding, dilation, copies, hw)
+    with pytest.raises(ValueError, match="values must be"):
+        ops.pooled_conv_t(values[:1], lists, weight)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        ops.pooled_conv_t(values.half(), lists, weight.half())
+    with pytest.raises(RuntimeError, match="one dtype"):
+        ops.pooled_conv_t(values.double(), lists, weight)
+
+
+def test_opcheck():
+    impl_device(COMPILED)
+    values, indices, pool, hw, weight, padding, dilation, copies = _case("2x2-3x3", torch.float32)
+    lists = _lists(indices, hw, weight, padding, dilation, copies, hw)
+    w = weight.permute(0, 2, 3, 1).contiguous()
+    w = F.pad(w, (0, lists.channels_padded - w.shape[3]))
+    args = (values.reshape(-1), lists.pix_ptr, lists.pix_ent, w, lists.rows, list(hw), list(lists.padded_size),
+            list(padding))
+    torch.library.opcheck(torch.ops.dtp_fast.pooled_conv_t.default, args)
+    dr_pad = torch.ops.dtp_fast.pooled_conv_t(*args)
+    torch.library.opcheck(torch.ops.dtp_fast.pooled_wgrad.default,
+                          (values.reshape(-1), lists.ch_ptr, lists.ch_ent, dr_pad, [3, 3], [1, 1]))
+    torch.library.opcheck(torch.ops.dtp_fast.switch_lists.default,
+                          (indices, list(hw), [3, 3], list(padding), list(dilation), list(hw), copies, 16))
+
