@@ -198,8 +198,8 @@ def tiny_net(kernel=3, pool=(2, 2, 0), act=torch.nn.ELU, hw=(9, 7), channels=(3,
 
 def feedback_run(net, x, cfg, backend, budget="default", *, steps=1, noise=None, noncontig=False, reduce=None,
                  report="all"):
-    """A copy of ``net`` after ``steps`` feedback phases (steps 5, 6, ...) on ``x``: ``(net, state, stats per
-    step)``, without TF32. ``noncontig``: the activations (and switches) as non-contiguous views, or
+    """A copy of ``net`` after ``steps`` feedback phases (steps 5, 6, ...) on ``x`` (or on ``x[s]`` at step s, a
+    list): ``(net, state, stats per step)``, without TF32. ``noncontig``: the activations (and switches) as non-contiguous views, or
     ``"channels_last"``: the 4-D activations in channels_last. ``backend``: a name (through ``train_feedback``) or a backend object (its ``train`` called
     directly, without the availability check: the triton backend on CPU tensors under the interpreter)."""
     import copy
@@ -213,7 +213,7 @@ def feedback_run(net, x, cfg, backend, budget="default", *, steps=1, noise=None,
     noise = CounterNoise(3) if noise is None else noise
     with full_float32():   # on a GPU: the activations and every backend in IEEE float32 (no TF32)
         for s in range(steps):
-            acts, sw = net.activations(x)
+            acts, sw = net.activations(x[s] if isinstance(x, (list, tuple)) else x)
             acts = [a.detach() for a in acts]
             if noncontig == "channels_last":
                 acts = [layout(a, "channels_last") if a.dim() == 4 else a for a in acts]

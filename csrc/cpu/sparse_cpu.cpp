@@ -10,7 +10,7 @@
 // dtp_fast::switch_lists(indices, ...) -> (pix_ptr, pix_ent, ch_ptr, ch_ent)
 //   pix: for every output pixel o of dr_y (rows x Hx x Wx, CSR pix_ptr), the
 //     pairs (value index, weight offset) of every non-zero of dh2 and tap of V
-//     that reach it: dr_y[o] = sum d2[value] * V[offset .. offset + Cxp).
+//     that reach it (tap by tap): dr_y[o] = sum d2[value] * V[offset .. + Cxp).
 //   ch: for every channel c of dh2 (CSR ch_ptr), the pairs (value index, offset
 //     of the non-zero's pixel in the padded dr_y buffer), so that
 //     wgrad[c, tap] = sum d2[value] * dr_pad[offset + tap offset .. + Cxp).
@@ -151,31 +151,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> switch_lists_cpu(
     }
   });
 
-  // pix lists: output pixel (r, oh, ow); within it channel c, window q, tap
-  const int64_t P = Hx * Wx;
-  at::Tensor pix_ptr = at::empty({R * P + 1}, opt);
-  int32_t* pp = pix_ptr.mutable_data_ptr<int32_t>();
-  std::vector<int64_t> count(static_cast<size_t>(B * P), 0);
-  auto for_taps = [&](int64_t b, auto&& visit) {  // visit(output pixel, value index in row, weight offset)
-    for (int64_t c = 0; c < C; ++c) {
-      for (int64_t q = 0; q < Q; ++q) {
-        if (!live(b * C + c, q)) continue;
-        const int64_t s = ip[(b * C + c) * Q + q], ih = s / W, iw = s % W;
-        for (int64_t kh = 0; kh < KH; ++kh) {
-          const int64_t oh = ih - ph + kh * dh;
-          if (oh < 0 || oh >= Hx) continue;
-          for (int64_t kw = 0; kw < KW; ++kw) {
-            const int64_t ow = iw - pw + kw * dw;
-            if (ow < 0 || ow >= Wx) continue;
-            visit(oh * Wx + ow, c * Q + q, (c * KK + kh * KW + kw) * cx_padded);
+  // pix lists: output pixel (r, oh, ow); within it tap, channel c. First the non-zeros of every input
+  // pixel of a sample (channel order), then each output pixel's list as the lists of the input pixels
+  // its taps reach, one after another.
+  const int64_t P = Hx * Wx, HW = H * W;
+  std::vector<int32_t> in_ptr(static_cast<size_t>(B * HW + 1), 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t q = 0; q < Q; ++q)
+        if (live(b * C + c, q)) ++in_ptr[b * HW + ip[(b * C + c) * Q + q] + 1];
+  for (int64_t i = 0; i < B * HW; ++i) in_ptr[i + 1] += in_ptr[i];
+  std::vector<int32_t> in_val(static_cast<size_t>(in_ptr[B * HW])), in_w(in_val.size());
+  {
+    std::vector<int32_t> fill(in_ptr.begin(), in_ptr.end() - 1);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t q = 0; q < Q; ++q)
+          if (live(b * C + c, q)) {
+            const int32_t slot = fill[b * HW + ip[(b * C + c) * Q + q]]++;
+            in_val[slot] = static_cast<int32_t>(c * Q + q);
+            in_w[slot] = static_cast<int32_t>(c * KK * cx_padded);
           }
-        }
+  }
+  auto for_inputs = [&](int64_t b, int64_t o, auto&& visit) {  // visit(tap, first, last entry of an input pixel)
+    const int64_t oh = o / Wx, ow = o % Wx;
+    for (int64_t kh = 0; kh < KH; ++kh) {
+      const int64_t ih = oh + ph - kh * dh;
+      if (ih < 0 || ih >= H) continue;
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const int64_t iw = ow + pw - kw * dw;
+        if (iw < 0 || iw >= W) continue;
+        const int64_t i = b * HW + ih * W + iw;
+        visit(kh * KW + kw, in_ptr[i], in_ptr[i + 1]);
       }
     }
   };
+  at::Tensor pix_ptr = at::empty({R * P + 1}, opt);
+  int32_t* pp = pix_ptr.mutable_data_ptr<int32_t>();
+  std::vector<int64_t> count(static_cast<size_t>(B * P), 0);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      for_taps(b, [&](int64_t o, int64_t, int64_t) { ++count[b * P + o]; });
+      for (int64_t o = 0; o < P; ++o)
+        for_inputs(b, o, [&](int64_t, int64_t e0, int64_t e1) { count[b * P + o] += e1 - e0; });
   });
   int64_t acc = 0;
   for (int64_t r = 0; r < R; ++r)
@@ -188,15 +205,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> switch_lists_cpu(
   at::Tensor pix_ent = at::empty({acc, 2}, opt);
   int32_t* pe = pix_ent.mutable_data_ptr<int32_t>();
   at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<int64_t> fill(static_cast<size_t>(P));
     for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t o = 0; o < P; ++o) fill[o] = pp[r * P + o];
-      const int64_t base = r * C * Q;
-      for_taps(r % B, [&](int64_t o, int64_t v, int64_t w) {
-        int32_t* e = pe + 2 * fill[o]++;
-        e[0] = static_cast<int32_t>(base + v);
-        e[1] = static_cast<int32_t>(w);
-      });
+      const int32_t base = static_cast<int32_t>(r * C * Q);
+      int32_t* e = pe + 2 * static_cast<int64_t>(pp[r * P]);
+      for (int64_t o = 0; o < P; ++o)
+        for_inputs(r % B, o, [&](int64_t tap, int64_t e0, int64_t e1) {
+          const int32_t t = static_cast<int32_t>(tap * cx_padded);
+          for (int64_t k = e0; k < e1; ++k) {
+            *e++ = base + in_val[k];
+            *e++ = in_w[k] + t;
+          }
+        });
     }
   });
   return {pix_ptr, pix_ent, ch_ptr, ch_ent};
@@ -240,8 +259,12 @@ DTP_FAST_INLINE void conv_t_range(const T* val, const int32_t* ptr, const int32_
                                   int64_t o0, int64_t o1, int64_t Hx, int64_t Wx, int64_t Hb, int64_t Wb,
                                   int64_t ph, int64_t pw, int64_t cxp) {
   constexpr int L = Vec<T>::lanes;
-  int64_t co = 0;
-  for (; co + 2 * L <= cxp; co += 2 * L) conv_t_block<T, 2>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, co, cxp);
+  int64_t co = 0;  // up to 4 vectors of co per pass over the lists (16 accumulators with the two sets)
+  for (; co + 4 * L <= cxp; co += 4 * L) conv_t_block<T, 4>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, co, cxp);
+  if (co + 2 * L <= cxp) {
+    conv_t_block<T, 2>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, co, cxp);
+    co += 2 * L;
+  }
   if (co < cxp) conv_t_block<T, 1>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, co, cxp);
 }
 

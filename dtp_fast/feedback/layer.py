@@ -51,7 +51,11 @@ class LayerState:
     - ``next_k``: the next iteration to run; set it past the iterations a hook
       ran itself;
     - ``plan``: a backend's per-batch data for this layer (None until a hook
-      sets it; the ``cpp`` backend keeps its switch index lists there).
+      sets it; the ``cpp`` backend keeps its switch index lists there);
+    - ``unpool_switches``: the clean switches repeated over the S noise
+      samples, what :meth:`unpool` places dh2 at (None without a pool); a
+      hook may replace it by an equal tensor (the ``triton`` backend's CUDA
+      graph reads it from a static buffer).
 
     Methods for hooks: :meth:`prepare` (precompute a chunk), :meth:`chunks`,
     :meth:`gradient`, :meth:`apply`, :meth:`conv_t`, :meth:`wgrad`, :meth:`unpool`.
@@ -73,7 +77,9 @@ class LayerState:
         self.h0 = block.h(y, switches).contiguous(memory_format=fmt)
         self.a0 = ACTIVATIONS[block.act](y)
         self.plan = None
-        self._copies_switches = None
+        # the switches of the S*B rows of dh2 (S noise samples of the batch), for unpool
+        self.unpool_switches = None if switches is None else switches.repeat(
+            hp.samples, *([1] * (switches.dim() - 1)))
         self.batch = x.shape[0]
         self.scale = 1.0 / (hp.samples * self.batch)
         self.start = 0          # first iteration held in the current chunk
@@ -171,10 +177,7 @@ class LayerState:
         (a view of ``d2`` itself without a pool)."""
         if self.switches is None:
             return d2
-        if self._copies_switches is None:
-            copies = d2.shape[0] // self.batch
-            self._copies_switches = self.switches.repeat(copies, *([1] * (self.switches.dim() - 1)))
-        return self.block.unpool(d2, self._copies_switches)
+        return self.block.unpool(d2, self.unpool_switches)
 
     def conv_t(self, h):
         """The feedback convolution without bias, ``V * h``, with the working weight."""

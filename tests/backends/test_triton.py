@@ -126,10 +126,12 @@ def test_asking_for_triton_without_a_gpu_says_why():
 # ---------------------------------------------------------------------------- GPU only
 @needs_gpu
 def test_cuda_graph_capture_and_replay_equal_reference():
-    """Batch 1 runs eagerly (warm-up), batch 2 captures the conv chain, batch 3 replays it."""
+    """Batch 1 runs eagerly (warm-up), batch 2 captures the conv chain, batch 3 replays it; three different
+    batches, so that a replay which kept the capture batch's switches (dh2 is unpooled at them in the graph)
+    would differ from reference."""
     torch.manual_seed(7)
     net = _net(kernel=5, pool=(3, 2, 1)).cuda()
-    x = torch.randn(4, *net.in_shape, device="cuda")
+    x = [torch.randn(4, *net.in_shape, device="cuda") for _ in range(3)]
     cfg = FeedbackConfig(iterations=[4, 3, 5], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1])
     backend = TritonBackend(tf32=False)
     with full_float32():
@@ -137,7 +139,7 @@ def test_cuda_graph_capture_and_replay_equal_reference():
         ref = _run(net, x, cfg, "reference", None, steps=3)
         net2, state, out = copy.deepcopy(net), FeedbackState(), []
         for s in range(3):
-            acts, sw = net2.activations(x)
+            acts, sw = net2.activations(x[s])
             out.append(backend.train(net2, [a.detach() for a in acts], sw, cfg.resolve(net2.feedback_names), state,
                                      CounterNoise(3), 5 + s, "all"))
             chains.append(backend.last_chain)

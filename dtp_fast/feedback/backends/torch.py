@@ -151,7 +151,10 @@ class TorchBackend:
         d2 = self.dh2(layer.block, layer.y, eps_y, hp.noise, layer.a0)
         dx = dx.reshape(n, -1, *dx.shape[2:])
         dh1 = dh1.reshape(n, -1, *dh1.shape[1:])
-        A = torch.stack([layer.wgrad(dh1[j], dx[j]) for j in range(n)])
+        V = layer.weight   # A_k in V's layout: the chain subtracts it from a gradient laid out as V
+        A = torch.empty_strided((n, *V.shape), (V.numel(), *V.stride()), dtype=V.dtype, device=V.device)
+        for j in range(n):
+            A[j].copy_(layer.wgrad(dh1[j], dx[j]))
         return A, d2.reshape(n, -1, *d2.shape[1:])
 
     def conv_chain(self, layer, d2):

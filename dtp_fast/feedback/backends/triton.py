@@ -55,7 +55,7 @@ class _ChainGraph:
     """Static tensors and the captured CUDA graph of one shape of the conv chain."""
 
     def __init__(self):
-        self.buffers = {}        # block index (LayerState.index) -> {"V", "buf", "A", "dh2"}
+        self.buffers = {}        # block index (LayerState.index) -> {"V", "buf", "A", "dh2", "switches"}
         self.table = None        # per-layer scalars
         self.losses = None       # (layers, iterations) losses written by the graph
         self.graph = None
@@ -282,6 +282,8 @@ class TritonBackend(GpuPolicy, TorchBackend):
                     "V": torch.empty_like(V), "buf": torch.empty_like(lay.momentum_buffer),
                     "A": torch.empty_strided((n, *V.shape), (V.numel(), *V.stride()), dtype=V.dtype, device=V.device),
                     "dh2": torch.empty(shape, dtype=V.dtype, device=V.device),
+                    # the switches dh2 is unpooled at: this batch's, copied in before every replay
+                    "switches": None if lay.unpool_switches is None else torch.empty_like(lay.unpool_switches),
                 }
         while len(self._graphs) >= self.max_graphs:
             self._graphs.popitem(last=False)
@@ -292,6 +294,8 @@ class TritonBackend(GpuPolicy, TorchBackend):
             st = entry.buffers[lay.index]
             lay.weight = st["V"].copy_(lay.weight)
             lay.momentum_buffer = st["buf"].copy_(lay.momentum_buffer)
+            if st["switches"] is not None:
+                lay.unpool_switches = st["switches"].copy_(lay.unpool_switches)
         self._current = entry
         try:
             for i in conv:
