@@ -30,6 +30,7 @@ const char* const kOpNames[] = {
     "dtp_fast::noisy_unpool_diff",
     "dtp_fast::noisy_unpool_diff_philox",
     "dtp_fast::philox_normal_",
+    "dtp_fast::philox_noisy_input",
     "dtp_fast::momentum_sgd_",
     "dtp_fast::ldrl_loss",
     "dtp_fast::linear_chain_",
@@ -145,6 +146,13 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "philox_normal_(Tensor(a!) out, int key0, int key1, int offset, "
       "int iteration, int sample) -> ()");
+  // For `copies` = M copies of a batch x (B, ...): dx = sigma * eps and x + dx,
+  // both (M*B, ...) in x's memory format (channels_last or contiguous), with
+  // eps[m * B + b] the normals philox_normal_ gives row offset + b at iteration
+  // `iteration` + m / samples, sample m % samples (CPU only).
+  m.def(
+      "philox_noisy_input(Tensor x, float sigma, int key0, int key1, int offset, "
+      "int iteration, int samples, int copies) -> (Tensor, Tensor)");
   // ---- sgd: multi-tensor momentum SGD (csrc/cpu/sgd_cpu.cpp, csrc/cuda/sgd_cuda.cu)
   // Momentum SGD (torch.optim.SGD, dampening 0, no Nesterov) of many tensors
   // at once, each with its own lr, momentum and weight decay:

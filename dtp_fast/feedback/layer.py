@@ -32,6 +32,8 @@ class LayerState:
     - ``memory_format``: channels_last for conv blocks (oneDNN's convolutions
       and weight gradients are up to 2x faster in it on CPUs), contiguous for
       Linear blocks;
+    - ``x_noisy``: while a chunk is precomputed (in :meth:`TorchBackend.conv_precompute`),
+      x + dx of its iterations, (n*S*B, *x);
     - the current chunk: iterations ``start .. start + held - 1`` are
       precomputed, with ``A`` (held, *V) and ``stored`` (conv: what
       :meth:`TorchBackend.conv_chain` takes, by default dh2 of each iteration
@@ -86,7 +88,7 @@ class LayerState:
         self.held = 0           # iterations held
         self.next_k = 0         # next iteration to run
         self.losses = []
-        self.A = self.C = self.stored = None
+        self.A = self.C = self.stored = self.x_noisy = None
         # multiply-adds of one iteration's transposed convolution (or matrix product): for scheduling
         self.cost = self._V.numel() * hp.samples * self.batch * (
             1 if self.linear else math.prod(block.pre_pool_shape[1:]))
@@ -159,16 +161,18 @@ class LayerState:
         def noise_of(which, like):
             return NoiseBlock(self.noise, self.step, self.index, which, k0, n, hp.samples, self.offset,
                               tuple(like.shape))
-        dx = self.engine.noisy_input(noise_of("x", self.x), hp.noise, self.x, fmt).unflatten(0, (-1, B))
+        dx, self.x_noisy = self.engine.noisy_inputs(noise_of("x", self.x), hp.noise, self.x, fmt)
+        dx = dx.unflatten(0, (-1, B))
         eps_y = noise_of("y", self.y)
         if self.linear:
-            dh1 = self.engine.dh1(self.block, (dx + self.x).flatten(0, 1), self.h0)        # (n*S*B, *h)
+            dh1 = self.engine.dh1(self.block, self.x_noisy, self.h0)        # (n*S*B, *h)
             dh2 = self.engine.dh2(self.block, self.y, eps_y, hp.noise, self.a0)
             dx, dh1, dh2 = (t.reshape(n, SB, -1) for t in (dx, dh1, dh2))
             self.A = torch.bmm(dx.transpose(1, 2), dh1)      # (n, d_in, d_out)
             self.C = torch.bmm(dh2.transpose(1, 2), dh2)     # (n, d_out, d_out)
         else:
             self.A, self.stored = self.engine.conv_precompute(self, dx, eps_y, n)
+        self.x_noisy = None
         self.start, self.held = k0, n
 
     # --------------------------------------------------------------- the chain

@@ -5,7 +5,7 @@ pure-PyTorch references, one module per family (the C++ sources use the same ste
 - :mod:`.pool`: ``act_pool2d``, ``unpool_act2d`` (with autograd);
 - :mod:`.dh`: ``pool_unpool_diff``, ``noisy_unpool_diff``, ``noisy_unpool_diff_philox``
   (the L-DRL perturbations dh1 and dh2);
-- :mod:`.noise`: ``philox_normal_`` and its PyTorch mirror ``philox_normal``;
+- :mod:`.noise`: ``philox_normal_`` and its PyTorch mirror ``philox_normal``; ``philox_noisy_input``;
 - :mod:`.sgd`: ``momentum_sgd_`` (many tensors in one call);
 - :mod:`.chain`: ``ldrl_loss``, ``linear_chain_`` (the sequential chain of a feedback layer);
 - :mod:`.sparse`: ``switch_lists``, ``pooled_conv_t``, ``pooled_wgrad`` (the chain of a pooled conv
@@ -30,7 +30,7 @@ from ._common import ACTIVATIONS
 from .chain import ldrl_loss, ldrl_loss_ref, linear_chain_, linear_chain_ref
 from .dh import (noisy_unpool_diff, noisy_unpool_diff_philox, noisy_unpool_diff_philox_ref, noisy_unpool_diff_ref,
                  pool_unpool_diff, pool_unpool_diff_ref)
-from .noise import philox4x32, philox_normal, philox_normal_
+from .noise import philox4x32, philox_noisy_input, philox_noisy_input_ref, philox_normal, philox_normal_
 from .pool import act_pool2d, act_pool2d_ref, unpool2d_last_wins, unpool_act2d, unpool_act2d_ref
 from .sgd import momentum_sgd_, momentum_sgd_ref
 from .sparse import SwitchLists, interior, pooled_chain_ref, pooled_conv_t, pooled_wgrad, switch_lists, unpool2d
@@ -51,6 +51,8 @@ __all__ = [
     "noisy_unpool_diff_philox_ref",
     "noisy_unpool_diff_ref",
     "philox4x32",
+    "philox_noisy_input",
+    "philox_noisy_input_ref",
     "philox_normal",
     "philox_normal_",
     "pool_unpool_diff",

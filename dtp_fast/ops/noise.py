@@ -1,4 +1,6 @@
-"""The ``noise`` family: counter-based standard normals (``philox_normal_``) and their PyTorch mirror.
+"""The ``noise`` family: counter-based standard normals (``philox_normal_``) and their PyTorch mirror, and
+the noisy inputs of L-DRL drawn from the same stream inside the kernel that writes them
+(``philox_noisy_input``: dx = sigma * eps and x + dx, CPU).
 
 The generator (csrc/philox.h, mirrored here op for op in PyTorch): element
 e of row r is lane e % 4 of the block of four normals made from the Philox
@@ -18,7 +20,7 @@ import torch
 
 from ._common import COMPILED_DTYPES, require_compiled
 
-__all__ = ["philox4x32", "philox_normal", "philox_normal_"]
+__all__ = ["philox4x32", "philox_normal", "philox_normal_", "philox_noisy_input", "philox_noisy_input_ref"]
 
 _MASK = 0xFFFFFFFF
 
@@ -119,6 +121,33 @@ def philox_normal_(out: torch.Tensor, key: tuple[int, int], offset: int, iterati
     return out
 
 
+def philox_noisy_input(x: torch.Tensor, sigma: float, key: tuple[int, int], offset: int, iteration: int,
+                       samples: int, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx, x + dx)`` with ``dx = sigma * eps`` for ``copies`` copies of the batch ``x`` (B, ...), the
+    noise drawn in the kernel: copy m of row b is what :func:`philox_normal` gives row ``offset + b`` at
+    iteration ``iteration + m // samples``, sample ``m % samples`` (cast to x's dtype). Both (copies * B,
+    ...) in x's memory format (channels_last or contiguous); CPU, float32 or float64."""
+    require_compiled("philox_noisy_input")
+    return torch.ops.dtp_fast.philox_noisy_input(x, float(sigma), int(key[0]), int(key[1]), int(offset),
+                                                 int(iteration), int(samples), int(copies))
+
+
+def philox_noisy_input_ref(x, sigma, key, offset, iteration, samples, copies):
+    """Reference of :func:`philox_noisy_input`: the normals of :func:`philox_normal`, scaled, added."""
+    eps = torch.cat([philox_normal(x.shape, key, offset, iteration + m // samples, m % samples, x.device)
+                     for m in range(copies)]).to(x.dtype)
+    dx = eps * sigma
+    return dx, (dx.unflatten(0, (copies, -1)) + x).flatten(0, 1)
+
+
+def _philox_noisy_input_fake(x, sigma, key0, key1, offset, iteration, samples, copies):
+    fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format
+    shape = (copies * x.shape[0], *x.shape[1:])
+    return (torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt),
+            torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt))
+
+
 def _philox_normal_fake(out, key0, key1, offset, iteration, sample):
     torch._check(out.dtype in COMPILED_DTYPES, lambda: "dtp_fast::philox_normal_: float32/float64 only")
 
@@ -126,5 +155,6 @@ def _philox_normal_fake(out, key0, key1, offset, iteration, sample):
 #: The fake kernels of the family's compiled ops, registered by dtp_fast.ops (see its doc).
 FAKES = {
     "dtp_fast::philox_normal_": _philox_normal_fake,
+    "dtp_fast::philox_noisy_input": _philox_noisy_input_fake,
 }
 AUTOGRAD: dict = {}

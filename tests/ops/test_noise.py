@@ -13,7 +13,7 @@ import torch
 
 from dtp_fast import ops
 from dtp_fast.noise import CounterNoise, NoiseBlock
-from helpers import COMPILED, CUDA, TRITON, assert_exact, impl_cases, impl_device
+from helpers import COMPILED, CUDA, TRITON, assert_exact, impl_cases, impl_device, layout
 
 # Random123's known-answer vectors for Philox4x32-10: (counter, key, output).
 KAT = [
@@ -153,3 +153,25 @@ def test_triton_noisy_input_equals_the_torch_backend():
     got = TritonBackend(tf32=False).noisy_input(nb, 0.4, x.to(device), torch.channels_last)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,fmt", [((3, 5, 7, 6), "channels_last"), ((3, 5, 7, 6), "nchw"), ((1, 4, 1, 3), "nchw"),
+                                       ((2, 9), "nchw"), ((3, 5, 7, 6), "slice")])
+def test_philox_noisy_input_equals_its_reference_bit_for_bit(ext, dtype, shape, fmt):
+    """dx = sigma * eps and x + dx with eps drawn in the kernel: the bits of philox_normal scaled and added, for
+    several iterations and noise samples, rows from an offset; the outputs in x's memory format (channels_last
+    stays channels_last; other layouts give contiguous outputs)."""
+    x = torch.randn(shape, dtype=dtype)
+    x = layout(x, fmt) if x.dim() == 4 else x
+    key = (0x1234ABCD, 0x0BADF00D)
+    dx, xn = ops.philox_noisy_input(x, 0.37, key, 11, 4, 2, 6)
+    want_dx, want_xn = ops.philox_noisy_input_ref(x.contiguous(), 0.37, key, 11, 4, 2, 6)
+    assert_exact(dx, want_dx)
+    assert_exact(xn, want_xn)
+    if fmt == "channels_last":
+        assert dx.is_contiguous(memory_format=torch.channels_last) and xn.is_contiguous(memory_format=torch.channels_last)
+    # copy m = 3 is iteration 4 + 1, sample 1, rows 11 .. 13
+    assert_exact(dx[3 * shape[0]:4 * shape[0]].contiguous(),
+                 (ops.philox_normal(shape, key, 11, 5, 1).to(dtype) * 0.37))
+    torch.library.opcheck(torch.ops.dtp_fast.philox_noisy_input.default, (x, 0.37, *key, 11, 4, 2, 6))

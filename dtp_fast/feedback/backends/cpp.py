@@ -1,7 +1,8 @@
 """The ``cpp`` backend: the ``torch`` engine with its elementwise work fused into
 OpenMP kernels of ``dtp_fast._C`` and the chain of pooled layers switch-sparse.
 
-For a pooled block, the precomputation of dh1 (max-pool of the noisy
+The noisy inputs dx and x + dx are drawn and written by one kernel. For a
+pooled block, the precomputation of dh1 (max-pool of the noisy
 activations with switches, unpool, activation, difference to the clean pass)
 becomes one pass over memory, with no switches or pooled tensors
 materialised. dh2 is held at pooled resolution (as in the ``torch`` engine)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ... import _ext, ops
+from ...noise import CounterNoise
 from ..engine import register_backend
 from .torch import TorchBackend
 
@@ -32,6 +34,14 @@ class CppBackend(TorchBackend):
         if not _ext.available():
             return False, _ext.load_error()
         return True, "autograd-free analytic gradient with fused OpenMP kernels from dtp_fast._C"
+
+    def noisy_inputs(self, noise, sigma, x, fmt):
+        """dx and x + dx in one kernel, the counter-based noise drawn in it (``philox_noisy_input``)."""
+        if not isinstance(noise.source, CounterNoise) or x.dtype not in (torch.float32, torch.float64):
+            return super().noisy_inputs(noise, sigma, x, fmt)
+        key = noise.source.key(noise.step, noise.layer, noise.which)
+        return ops.philox_noisy_input(x.contiguous(memory_format=fmt), sigma, key, noise.offset, noise.k0,
+                                      noise.samples, noise.n * noise.samples)
 
     def dh1(self, block, x_noisy, h0):
         if block.pool is None:

@@ -98,7 +98,7 @@ class TorchBackend:
 
     - :meth:`availability` (whether it runs on a device, and why not);
     - precomputation, batched over a chunk of iterations: :meth:`noisy_input`
-      (dx), :meth:`dh1`, :meth:`dh2` (the perturbations of h),
+      (dx), :meth:`noisy_inputs` (dx and x + dx), :meth:`dh1`, :meth:`dh2` (the perturbations of h),
       :meth:`conv_precompute` (A_k and what the chain needs, conv blocks);
     - the sequential chain: :meth:`conv_chain` (dr_y and wgrad(dh2, dr_y)),
       :meth:`conv_loss`, :meth:`step_layers` (momentum steps of one iteration),
@@ -142,12 +142,18 @@ class TorchBackend:
         eps = noise.materialize(x.device, x.dtype)
         return torch.mul(eps, sigma, out=torch.empty(eps.shape, dtype=eps.dtype, device=eps.device, memory_format=fmt))
 
+    def noisy_inputs(self, noise: NoiseBlock, sigma: float, x: torch.Tensor, fmt):
+        """``(dx, x + dx)`` of a chunk, both (n*S*B, *x.shape[1:]) (a hook: the ``cpp`` backend draws the
+        noise and writes both in one kernel)."""
+        dx = self.noisy_input(noise, sigma, x, fmt)
+        return dx, (dx.unflatten(0, (-1, x.shape[0])) + x).flatten(0, 1)
+
     def conv_precompute(self, layer, dx, eps_y, n: int):
         """For a conv layer and a chunk of n iterations: ``A_k = wgrad(dh1, dx)`` (n, *V) and what
         :meth:`conv_chain` needs (here dh2 at the block's output resolution, (n, S*B, *y)). dx:
         (n*S, B, *x); eps_y: the :class:`NoiseBlock` of dy."""
         fmt, hp = layer.memory_format, layer.hp
-        dh1 = self.dh1(layer.block, (dx + layer.x).flatten(0, 1), layer.h0).contiguous(memory_format=fmt)
+        dh1 = self.dh1(layer.block, layer.x_noisy, layer.h0).contiguous(memory_format=fmt)
         d2 = self.dh2(layer.block, layer.y, eps_y, hp.noise, layer.a0)
         dx = dx.reshape(n, -1, *dx.shape[2:])
         dh1 = dh1.reshape(n, -1, *dh1.shape[1:])

@@ -150,7 +150,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
 
     def conv_precompute(self, layer, dx, eps_y, n: int):
         static = self._current.buffers.get(layer.index) if self._current is not None else None
-        dh1 = self.dh1(layer.block, (dx + layer.x).flatten(0, 1), layer.h0).contiguous(memory_format=layer.memory_format)
+        dh1 = self.dh1(layer.block, layer.x_noisy, layer.h0).contiguous(memory_format=layer.memory_format)
         d2 = self._dh2(layer.block, layer.y, eps_y, layer.hp.noise, layer.a0,
                        out=None if static is None else static["dh2"])
         dx = dx.reshape(n, -1, *dx.shape[2:])
