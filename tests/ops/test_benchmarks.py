@@ -7,7 +7,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-FAMILIES = ["pool", "dh", "noise", "sgd", "chain"]
+FAMILIES = ["pool", "dh", "noise", "sgd", "chain", "sparse"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
