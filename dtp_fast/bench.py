@@ -327,7 +327,7 @@ class _Bench:
         esize, batch = self.x.element_size(), self.args.batch_size
         layers = {}
         for name, b, h in zip(self.layers, blocks, hp):
-            stored, _, fixed = memory._layer_bytes(b, batch, h.samples, esize)
+            stored, _, fixed = memory.layer_memory(b, batch, h.samples, esize)
             rows = h.samples * batch
             conv = b.kind != "linear"
             layers[name] = {"stored_bytes_per_iteration": stored, "fixed_bytes": fixed,

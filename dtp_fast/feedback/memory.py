@@ -22,8 +22,7 @@ import torch
 from ..utils import available_memory
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "AUTO_BUDGET_SHARE", "AUTO_BUDGET_MAX", "CPU_AUTO_ITERATIONS", "auto_memory_budget",
-           "resolve_budget", "minimum_memory_budget", "chunk_memory_budget", "plan_chunk",
-           "stored_bytes_per_iteration"]
+           "resolve_budget", "minimum_memory_budget", "chunk_memory_budget", "plan_chunk", "layer_memory"]
 
 # The fast backends' default memory budget: "auto", a share of the memory the device has available.
 DEFAULT_MEMORY_BUDGET = "auto"
@@ -72,7 +71,7 @@ def resolve_budget(budget, device, need: int, cpu_auto: int | None = None) -> in
                      f"batch size or free memory")
 
 
-def _layer_bytes(block, batch: int, samples: int, element_size: int) -> tuple[int, int, int]:
+def layer_memory(block, batch: int, samples: int, element_size: int) -> tuple[int, int, int]:
     """``(stored, transient, fixed)`` bytes of one layer: what one precomputed iteration keeps until it is
     used (dh2 at the block's output resolution and A_k, or A_k and C_k for a Linear block), what it needs
     while it is computed (noise, noisy inputs, the noisy forward pass and its switches, dh1, dh2; an upper
@@ -100,23 +99,13 @@ def minimum_memory_budget(blocks, hparams, batch: int, element_size: int, worker
 
 
 def chunk_memory_budget(n: int, blocks, hparams, batch: int, element_size: int, workers: int = 1) -> int:
-    """The budget that holds chunks of ``n`` iterations of every layer (fewer for a layer with fewer),
-    with ``workers`` layers precomputing at the same time: :func:`plan_chunk` gives ``n`` for it."""
-    return _chunk_bytes(n, blocks, hparams, batch, element_size, workers)
-
-
-def stored_bytes_per_iteration(block, batch: int, samples: int, element_size: int) -> int:
-    """Bytes one precomputed iteration of ``block`` keeps until the chain uses it (the planner's figure)."""
-    return _layer_bytes(block, batch, samples, element_size)[0]
-
-
-def _chunk_bytes(n, blocks, hparams, batch, element_size, workers=1) -> int:
-    """Memory of chunks of n iterations: every layer's stored chunk and its fixed bytes at once, plus the
-    transients of the ``workers`` layers that precompute at the same time (the largest)."""
+    """The budget that holds chunks of ``n`` iterations of every layer (fewer for a layer with fewer): every
+    layer's stored chunk and its fixed bytes at once, plus the transients of the ``workers`` layers that
+    precompute at the same time (the largest). :func:`plan_chunk` gives ``n`` for it."""
     total, transients = 0, []
     for b, hp in zip(blocks, hparams):
         if hp.iterations > 0:
-            s, t, f = _layer_bytes(b, batch, hp.samples, element_size)
+            s, t, f = layer_memory(b, batch, hp.samples, element_size)
             k = min(n, hp.iterations)
             total += k * s + f
             transients.append(k * t)
@@ -138,6 +127,6 @@ def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: in
             f"and batch is {need / 2**20:.2f} MiB ({need} bytes): raise memory_budget (--feedback-memory) or "
             f"lower the batch size")
     n = 1
-    while n < most and _chunk_bytes(n + 1, blocks, hparams, batch, element_size, workers) <= budget:
+    while n < most and chunk_memory_budget(n + 1, blocks, hparams, batch, element_size, workers) <= budget:
         n += 1
     return n

@@ -140,7 +140,7 @@ def test_a_whole_imagenet32_phase_fits_one_chunk_of_the_default_gpu_budget(monke
     assert memory.chunk_memory_budget(60, blocks, hp, 256, 4) < 7.5 * gib
     conv_1 = blocks[0]
     unpooled = (256 * math.prod(conv_1.pre_pool_shape) + conv_1.g_op.weight.numel()) * 4
-    assert unpooled / memory.stored_bytes_per_iteration(conv_1, 256, 1, 4) > 3.5
+    assert unpooled / memory.layer_memory(conv_1, 256, 1, 4)[0] > 3.5
 
 
 def test_determinism_from_the_environment_when_not_set(monkeypatch):
