@@ -28,7 +28,7 @@ import torch
 from . import chain, dh, noise, pool, sgd, sparse
 from ._common import ACTIVATIONS
 from .chain import ldrl_loss, ldrl_loss_ref, linear_chain_, linear_chain_ref
-from .dh import (noisy_unpool_diff, noisy_unpool_diff_philox, noisy_unpool_diff_philox_ref, noisy_unpool_diff_ref,
+from .dh import (noisy_act_diff_philox, noisy_unpool_diff, noisy_unpool_diff_philox, noisy_unpool_diff_philox_ref, noisy_unpool_diff_ref,
                  pool_unpool_diff, pool_unpool_diff_ref)
 from .noise import philox4x32, philox_noisy_input, philox_noisy_input_ref, philox_normal, philox_normal_
 from .pool import act_pool2d, act_pool2d_ref, unpool2d_last_wins, unpool_act2d, unpool_act2d_ref
@@ -46,6 +46,7 @@ __all__ = [
     "linear_chain_ref",
     "momentum_sgd_",
     "momentum_sgd_ref",
+    "noisy_act_diff_philox",
     "noisy_unpool_diff",
     "noisy_unpool_diff_philox",
     "noisy_unpool_diff_philox_ref",

@@ -236,6 +236,14 @@ def noisy_unpool_diff_philox(y: torch.Tensor, sigma: float, indices: torch.Tenso
         int(key[1]), int(offset), int(iteration), int(samples), int(copies))
 
 
+def noisy_act_diff_philox(y: torch.Tensor, sigma: float, a0: torch.Tensor, act: str, key: tuple[int, int],
+                          offset: int, iteration: int, samples: int, copies: int) -> torch.Tensor:
+    """``act(y + sigma * eps) - a0`` at y's own resolution (dh2 held pooled), the noise drawn in the kernel as
+    in :func:`noisy_unpool_diff_philox`: that op with the identity as switches. y, a0 = act(y) (B, C, H, W)."""
+    ident = torch.arange(y.shape[2] * y.shape[3], device=y.device).view(1, 1, *y.shape[2:]).expand(y.shape)
+    return noisy_unpool_diff_philox(y, sigma, ident, a0, act, y.shape[2:], key, offset, iteration, samples, copies)
+
+
 def noisy_unpool_diff_philox_ref(y: torch.Tensor, sigma: float, indices: torch.Tensor, h0: torch.Tensor, act: str,
                                  output_size: IntPair, key: tuple[int, int], offset: int, iteration: int,
                                  samples: int, copies: int) -> torch.Tensor:

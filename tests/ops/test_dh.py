@@ -728,3 +728,21 @@ def test_torch_impl_without_extension(monkeypatch):
     finally:
         monkeypatch.delenv("DTP_FAST_DISABLE_EXT")
         _ext._reset_cache()
+
+
+@pytest.mark.parametrize("act", ["elu", "tanh", "relu"])
+@pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
+def test_noisy_act_diff_philox_is_dh2_at_pooled_resolution(ext, act, fmt):
+    """act(y + sigma * eps) - a0 with the noise drawn in the kernel (the identity as switches) equals the
+    expression on the materialised counter noise (ATen's activation: within an ulp)."""
+    from dtp_fast.noise import CounterNoise, NoiseBlock
+
+    torch.manual_seed(3)
+    y = torch.randn(3, 4, 5, 3, dtype=torch.float64)
+    y = y.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else y
+    a0 = activate(y, act)
+    nb = NoiseBlock(CounterNoise(2), 4, 1, "y", 3, 2, 3, 5, tuple(y.shape))
+    got = ops.noisy_act_diff_philox(y, 0.3, a0, act, nb.source.key(4, 1, "y"), 5, 3, 3, 6)
+    want = (activate(y.repeat(6, 1, 1, 1) + 0.3 * nb.materialize("cpu", torch.float64), act)
+            - a0.repeat(6, 1, 1, 1))
+    assert_close_within(got, want, rtol=1e-14, atol=1e-15, what="dh2 pooled")

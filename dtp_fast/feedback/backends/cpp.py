@@ -1,7 +1,8 @@
 """The ``cpp`` backend: the ``torch`` engine with its elementwise work fused into
 OpenMP kernels of ``dtp_fast._C`` and the chain of pooled layers switch-sparse.
 
-The noisy inputs dx and x + dx are drawn and written by one kernel. For a
+The noisy inputs dx and x + dx, and dh2, are each one kernel that draws its own
+noise. For a
 pooled block, the precomputation of dh1 (max-pool of the noisy
 activations with switches, unpool, activation, difference to the clean pass)
 becomes one pass over memory, with no switches or pooled tensors
@@ -42,6 +43,13 @@ class CppBackend(TorchBackend):
         key = noise.source.key(noise.step, noise.layer, noise.which)
         return ops.philox_noisy_input(x.contiguous(memory_format=fmt), sigma, key, noise.offset, noise.k0,
                                       noise.samples, noise.n * noise.samples)
+
+    def dh2(self, block, y, eps, sigma, a0):
+        """act(y + sigma * eps) - a0 in one pass, the counter-based noise drawn in it."""
+        if y.dim() != 4 or not isinstance(eps.source, CounterNoise):
+            return super().dh2(block, y, eps, sigma, a0)
+        return ops.noisy_act_diff_philox(y, sigma, a0, block.act, eps.source.key(eps.step, eps.layer, eps.which),
+                                         eps.offset, eps.k0, eps.samples, eps.n * eps.samples)
 
     def dh1(self, block, x_noisy, h0):
         if block.pool is None:

@@ -4,10 +4,10 @@ the CUDA kernels of ``dtp_fast._C`` (csrc/cuda/), for CUDA devices.
 Per pooled conv block, the precomputation of a chunk of feedback iterations
 fuses dh1 into one kernel (max-pool of the noisy pre-activations with
 switches, unpool, activation, difference to the clean pass;
-``pool_unpool_diff``). dh2 is held at pooled resolution, act(y + dy) - act(y)
-(the engine's elementwise ops; the chain unpools it one iteration at a time),
-4x smaller than unpooled behind 2x2 pools. The noise (dx, dy) is drawn by the
-CUDA ``philox_normal_`` kernel. Both give the values of :class:`~dtp_fast.noise.CounterNoise`
+``pool_unpool_diff``). dh2 is held at pooled resolution, act(y + dy) - act(y),
+in one kernel with the noise drawn in it (``noisy_unpool_diff_philox`` with the
+identity as switches; the chain unpools it one iteration at a time), 4x smaller
+than unpooled behind 2x2 pools. dx is drawn by the CUDA ``philox_normal_`` kernel. Both give the values of :class:`~dtp_fast.noise.CounterNoise`
 on any device (the same Philox stream), so this backend and ``reference``
 see the same noise. Convolutions (cuDNN) are the ``torch`` engine's.
 
@@ -144,7 +144,11 @@ class CudaBackend(GpuPolicy, TorchBackend):
         return ops.pool_unpool_diff(z1, h0, block.act, *block.pool, impl="compiled")
 
     def dh2(self, block, y, eps, sigma, a0):
-        """At pooled resolution (the engine's elementwise ops) with the noise from the CUDA kernel."""
+        """At pooled resolution in one kernel with its noise drawn in it (``noisy_unpool_diff_philox`` with the
+        identity as switches); other dtypes or noise sources: the engine's ops on the materialised noise."""
+        if y.dim() == 4 and isinstance(eps.source, CounterNoise) and y.dtype in _DTYPES:
+            return ops.noisy_act_diff_philox(y, sigma, a0, block.act, _key_words(eps), eps.offset, eps.k0,
+                                             eps.samples, eps.n * eps.samples)
         return super().dh2(block, y, _Materialized(self._noise(eps, y.device, y.dtype)), sigma, a0)
 
     # ------------------------------------------------------------------ the chain
