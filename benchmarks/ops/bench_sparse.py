@@ -1,6 +1,7 @@
 """Micro-benchmark of the ``sparse`` family: one iteration of a pooled conv feedback layer's chain
 (the transposed convolution and weight gradient from dh2 at pooled resolution) against unpooling and the
-dense kernels (``torch``: pooled_chain_ref), and the per-batch index lists (switch_lists).
+dense kernels (``torch``: pooled_chain_ref), each op alone against the dense kernel on dh2 already unpooled,
+and the per-batch index lists (switch_lists).
 
     python benchmarks/ops/bench_sparse.py [--repeats 20] [--out results.json]
 """
@@ -42,6 +43,19 @@ def cases(args):
         out.append(("chain iteration", label, {
             "torch": lambda d2=d2, idx=idx, V=V, H=H: ops.pooled_chain_ref(d2, idx, pool, (H, H), V, 1, 1),
             "cpu": sparse,
+        }))
+        # each op alone: torch = the dense kernel on dh2 already unpooled (channels_last, as the engine has it)
+        h2 = ops.unpool2d(d2, idx, *pool, output_size=(H, H)).contiguous(memory_format=torch.channels_last)
+        dr = F.conv_transpose2d(h2, V, None, 1, 1)
+        dr_pad = ops.pooled_conv_t(d2, lists, V) if lists is not None else None
+        out.append(("transposed convolution", label, {
+            "torch": lambda h2=h2, V=V: F.conv_transpose2d(h2, V, None, 1, 1),
+            "cpu": lambda d2=d2, lists=lists, V=V: ops.pooled_conv_t(d2, lists, V),
+        }))
+        out.append(("weight gradient", label, {
+            "torch": lambda h2=h2, dr=dr, V=V: torch.ops.aten.convolution_backward(
+                h2, dr, V, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False])[1],
+            "cpu": lambda d2=d2, lists=lists, dr_pad=dr_pad: ops.pooled_wgrad(d2, lists, dr_pad),
         }))
         out.append(("switch_lists", label, {
             "cpu": lambda idx=idx, V=V, H=H: ops.switch_lists(idx, (H, H), V.shape, 1, 1, (H, H), 1, V.dtype),

@@ -52,9 +52,6 @@ class SwitchLists(NamedTuple):
     channels_out: int
     channels_padded: int
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self[:4])
-
 
 def padded_channels(cx: int, dtype: torch.dtype) -> int:
     """Cx rounded up to a whole number of vectors of ``dtype``."""

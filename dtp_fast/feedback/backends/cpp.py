@@ -46,7 +46,7 @@ class CppBackend(TorchBackend):
 
     def dh2(self, block, y, eps, sigma, a0):
         """act(y + sigma * eps) - a0 in one pass, the counter-based noise drawn in it."""
-        if y.dim() != 4 or not isinstance(eps.source, CounterNoise):
+        if y.dim() != 4 or not isinstance(eps.source, CounterNoise) or y.dtype not in (torch.float32, torch.float64):
             return super().dh2(block, y, eps, sigma, a0)
         return ops.noisy_act_diff_philox(y, sigma, a0, block.act, eps.source.key(eps.step, eps.layer, eps.which),
                                          eps.offset, eps.k0, eps.samples, eps.n * eps.samples)
