@@ -29,6 +29,7 @@ const char* const kOpNames[] = {
     "dtp_fast::pool_unpool_diff",
     "dtp_fast::noisy_unpool_diff",
     "dtp_fast::noisy_unpool_diff_philox",
+    "dtp_fast::noisy_act_diff_philox",
     "dtp_fast::philox_normal_",
     "dtp_fast::philox_noisy_input",
     "dtp_fast::momentum_sgd_",
@@ -138,6 +139,13 @@ TORCH_LIBRARY(dtp_fast, m) {
       "noisy_unpool_diff_philox(Tensor y, float sigma, Tensor indices, "
       "Tensor h0, int act, int[2] output_size, int key0, int key1, int offset, "
       "int iteration, int samples, int copies) -> Tensor");
+  // dh2 held at the block's output resolution: act(y + sigma * eps) - a0 for
+  // y, a0 = act(y) (B, C, H, W), eps the noise noisy_unpool_diff_philox draws
+  // (so its result with the identity as switches, bit for bit); returns
+  // (M*B, C, H, W) in the memory format of y (CPU only).
+  m.def(
+      "noisy_act_diff_philox(Tensor y, float sigma, Tensor a0, int act, int key0, "
+      "int key1, int offset, int iteration, int samples, int copies) -> Tensor");
   // ---- noise: counter-based Gaussian noise (csrc/cpu/noise_cpu.cpp, csrc/cuda/noise_cuda.cu)
   // Counter-based standard normals (csrc/philox.h) into a contiguous out of
   // shape (rows, ...): row r, element e (row-major) is lane e % 4 of the

@@ -62,7 +62,7 @@
 #include <vector>
 
 #include "../dh_args.h"
-#include "../philox.h"
+#include "philox_cpu.h"
 
 namespace dtp_fast {
 namespace {
@@ -871,16 +871,14 @@ template <typename scalar_t>
 void fill_noise_block(scalar_t* eps, int64_t copies, int64_t B, int64_t feat, uint32_t k0, uint32_t k1,
                       int64_t offset, int64_t iteration, int64_t samples) {
   at::parallel_for(0, copies * B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> v(static_cast<size_t>((feat + 3) / 4 * 4));
     for (int64_t n = begin; n < end; ++n) {
       const int64_t m = n / B, b = n % B;
       const auto row = static_cast<uint32_t>(offset + b);
       const auto it = static_cast<uint32_t>(iteration + m / samples), smp = static_cast<uint32_t>(m % samples);
       scalar_t* dst = eps + n * feat;
-      for (int64_t j = 0; 4 * j < feat; ++j) {
-        float v[4];
-        philox::normal4(static_cast<uint32_t>(j), row, it, smp, k0, k1, v);
-        for (int64_t e = 4 * j; e < std::min(feat, 4 * j + 4); ++e) dst[e] = static_cast<scalar_t>(v[e - 4 * j]);
-      }
+      row_normals(v.data(), feat, row, it, smp, k0, k1);
+      std::copy(v.begin(), v.begin() + feat, dst);
     }
   });
 }
@@ -910,12 +908,96 @@ at::Tensor noisy_unpool_diff_philox_cpu(const at::Tensor& y, double sigma, const
   return noisy_unpool_diff_cpu(y, eps, sigma, indices, h0, act, output_size);
 }
 
+// ---------------------------------------------------------------------------
+// noisy_act_diff_philox: dh2 held at the block's output resolution,
+//   out[m * B + b] = ACT(y[b] + sigma * eps[m * B + b]) - a0[b],
+// the noise block of noisy_unpool_diff_philox drawn row by row into a buffer
+// in cache, ELU / tanh through apply_act_aten (the bits of
+// noisy_unpool_diff_philox with the identity as switches, without its
+// unpooling machinery). Rows go in tiles of about kActChunk values.
+// ---------------------------------------------------------------------------
+template <typename scalar_t>
+void noisy_act_rows(const scalar_t* y, const scalar_t* a0, scalar_t* out, int64_t B, int64_t C, int64_t HW,
+                    bool channels_last, double sigma, int64_t act, uint32_t k0, uint32_t k1, int64_t offset,
+                    int64_t iteration, int64_t samples, int64_t copies) {
+  const int64_t feat = C * HW;
+  const int64_t tile = std::max<int64_t>(1, kActChunk / std::max<int64_t>(1, feat));
+  const scalar_t s = static_cast<scalar_t>(sigma);
+  const bool aten_act = act == kActElu || act == kActTanh;
+  at::parallel_for(0, copies * B, tile, [&](int64_t r0, int64_t r1) {
+    std::vector<float> eps(static_cast<size_t>((feat + 3) / 4 * 4));
+    std::vector<scalar_t> scratch(aten_act ? kActChunk : 0);
+    std::vector<int64_t> where(aten_act ? kActChunk : 0);
+    for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+      const int64_t t1 = std::min(r1, t0 + tile);
+      for (int64_t r = t0; r < t1; ++r) {
+        const int64_t m = r / B, b = r % B;
+        row_normals(eps.data(), feat, static_cast<uint32_t>(offset + b), static_cast<uint32_t>(iteration + m / samples),
+                    static_cast<uint32_t>(m % samples), k0, k1);
+        const scalar_t* yr = y + b * feat;
+        scalar_t* o = out + r * feat;
+        if (channels_last) {  // element (c, p) of the noise (row-major over C, H, W) goes to p * C + c
+          for (int64_t p = 0; p < HW; ++p)
+            for (int64_t c = 0; c < C; ++c) o[p * C + c] = yr[p * C + c] + s * static_cast<scalar_t>(eps[c * HW + p]);
+        } else {
+          for (int64_t e = 0; e < feat; ++e) o[e] = yr[e] + s * static_cast<scalar_t>(eps[e]);
+        }
+      }
+      scalar_t* o = out + t0 * feat;
+      const int64_t count = (t1 - t0) * feat;
+      if (aten_act) {
+        apply_act_aten(o, count, act, scratch.data(), where.data());
+      } else if (act == kActRelu) {
+        for (int64_t e = 0; e < count; ++e) o[e] = fused_act<scalar_t, kActRelu>(o[e]);
+      }
+      for (int64_t r = t0; r < t1; ++r) {
+        const scalar_t* ar = a0 + (r % B) * feat;
+        scalar_t* orow = out + r * feat;
+        for (int64_t e = 0; e < feat; ++e) orow[e] -= ar[e];
+      }
+    }
+  });
+}
+
+at::Tensor noisy_act_diff_philox_cpu(const at::Tensor& y, double sigma, const at::Tensor& a0, int64_t act,
+                                     int64_t key0, int64_t key1, int64_t offset, int64_t iteration, int64_t samples,
+                                     int64_t copies) {
+  constexpr const char* op = "dtp_fast::noisy_act_diff_philox";
+  check_act(op, act);
+  check_ldrl_4d(op, "y", "(B, C, H, W)", y);
+  check_float_cpu(op, "y", y);
+  check_float_cpu(op, "a0", a0);
+  check_same_dtype(op, "y", y, "a0", a0);
+  TORCH_CHECK(a0.sizes() == y.sizes(), op, ": a0 = act(y) must have the shape of y ", y.sizes(), ", got ",
+              a0.sizes());
+  TORCH_CHECK(copies >= 0, op, ": copies must be >= 0, got ", copies);
+  TORCH_CHECK(samples >= 1 && samples < k2to32, op, ": samples must be in [1, 2^32), got ", samples);
+  for (const int64_t v : {key0, key1, iteration}) check_u32(op, "key words and iteration", v);
+  TORCH_CHECK(copies == 0 || iteration + (copies - 1) / samples < k2to32, op, ": iterations ", iteration, " .. ",
+              iteration + (copies - 1) / samples, " must be in [0, 2^32)");
+  const int64_t B = y.size(0), C = y.size(1), HW = y.size(2) * y.size(3);
+  TORCH_CHECK(offset >= 0 && offset + B <= k2to32, op, ": sample indices offset .. offset + B must be in [0, 2^32)");
+  TORCH_CHECK(C * HW < (int64_t{1} << 34), op, ": samples of more than 2^34 elements");
+  const auto fmt = y.suggest_memory_format();
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  const at::Tensor yc = y.contiguous(fmt), ac = a0.contiguous(fmt);
+  at::Tensor out = at::empty({copies * B, C, y.size(2), y.size(3)}, y.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dtp_fast_noisy_act_diff_philox_cpu", [&] {
+    noisy_act_rows(yc.const_data_ptr<scalar_t>(), ac.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), B,
+                   C, HW, cl, sigma, act, static_cast<uint32_t>(key0), static_cast<uint32_t>(key1), offset, iteration,
+                   samples, copies);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dtp_fast, CPU, m) {
   m.impl("pool_unpool_diff", &pool_unpool_diff_cpu);
   m.impl("noisy_unpool_diff", &noisy_unpool_diff_cpu);
   m.impl("noisy_unpool_diff_philox", &noisy_unpool_diff_philox_cpu);
+  m.impl("noisy_act_diff_philox", &noisy_act_diff_philox_cpu);
 }
 
 }  // namespace dtp_fast

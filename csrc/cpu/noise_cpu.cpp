@@ -16,46 +16,13 @@
 #include <vector>
 
 #include "../noise_args.h"
-#include "../philox.h"
+#include "philox_cpu.h"
 
 namespace dtp_fast {
 namespace {
 
 // Blocks of four normals per task.
 constexpr int64_t kGrain = 4096;
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(_WIN32)
-#define DTP_FAST_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DTP_FAST_CLONES
-#endif
-
-// Whole blocks j0 .. j1 - 1 of one row, block j into dst[4 (j - j0) .. 4 (j - j0) + 3]:
-// tiles of kTile blocks, the Philox rounds and Box-Muller each in a loop over
-// the tile (structure of arrays, so the compiler vectorises both).
-constexpr int kTile = 64;
-
-DTP_FAST_CLONES void blocks_f32(float* dst, int64_t j0, int64_t j1, uint32_t row, uint32_t it, uint32_t smp,
-                                uint32_t k0, uint32_t k1) {
-  uint32_t a[kTile], b[kTile], c[kTile], d[kTile];
-  for (int64_t t0 = j0; t0 < j1; t0 += kTile) {
-    const int n = static_cast<int>(std::min<int64_t>(kTile, j1 - t0));
-    for (int i = 0; i < n; ++i) {
-      a[i] = static_cast<uint32_t>(t0 + i);
-      b[i] = row;
-      c[i] = it;
-      d[i] = smp;
-    }
-    uint32_t ka = k0, kb = k1;
-    for (int r = 0; r < 10; ++r) {
-      for (int i = 0; i < n; ++i) philox::round(a[i], b[i], c[i], d[i], ka, kb);
-      ka += philox::kW0;
-      kb += philox::kW1;
-    }
-    float* o = dst + 4 * (t0 - j0);
-    for (int i = 0; i < n; ++i) philox::box_muller(a[i], b[i], c[i], d[i], o + 4 * i);
-  }
-}
 
 template <typename scalar_t>
 void fill(scalar_t* out, int64_t rows, int64_t feat, uint32_t k0, uint32_t k1, int64_t offset, uint32_t it,
@@ -109,7 +76,7 @@ template <typename scalar_t>
 void noisy_rows(const scalar_t* x, scalar_t* dx, scalar_t* xn, int64_t B, int64_t C, int64_t HW, bool channels_last,
                 double sigma, uint32_t k0, uint32_t k1, int64_t offset, int64_t iteration, int64_t samples,
                 int64_t copies) {
-  const int64_t feat = C * HW, full = feat / 4, blocks = (feat + 3) / 4;
+  const int64_t feat = C * HW, blocks = (feat + 3) / 4;
   const scalar_t s = static_cast<scalar_t>(sigma);
   at::parallel_for(0, copies * B, 1, [&](int64_t r0, int64_t r1) {
     std::vector<float> eps(static_cast<size_t>(4 * blocks));
@@ -117,8 +84,7 @@ void noisy_rows(const scalar_t* x, scalar_t* dx, scalar_t* xn, int64_t B, int64_
       const int64_t m = r / B, b = r % B;
       const auto row = static_cast<uint32_t>(offset + b), it = static_cast<uint32_t>(iteration + m / samples);
       const auto smp = static_cast<uint32_t>(m % samples);
-      blocks_f32(eps.data(), 0, full, row, it, smp, k0, k1);
-      if (full < blocks) philox::normal4(static_cast<uint32_t>(full), row, it, smp, k0, k1, eps.data() + 4 * full);
+      row_normals(eps.data(), feat, row, it, smp, k0, k1);
       const scalar_t* xr = x + b * feat;
       scalar_t* d = dx + r * feat;
       scalar_t* o = xn + r * feat;

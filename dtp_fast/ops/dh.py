@@ -239,9 +239,16 @@ def noisy_unpool_diff_philox(y: torch.Tensor, sigma: float, indices: torch.Tenso
 def noisy_act_diff_philox(y: torch.Tensor, sigma: float, a0: torch.Tensor, act: str, key: tuple[int, int],
                           offset: int, iteration: int, samples: int, copies: int) -> torch.Tensor:
     """``act(y + sigma * eps) - a0`` at y's own resolution (dh2 held pooled), the noise drawn in the kernel as
-    in :func:`noisy_unpool_diff_philox`: that op with the identity as switches. y, a0 = act(y) (B, C, H, W)."""
-    ident = torch.arange(y.shape[2] * y.shape[3], device=y.device).view(1, 1, *y.shape[2:]).expand(y.shape)
-    return noisy_unpool_diff_philox(y, sigma, ident, a0, act, y.shape[2:], key, offset, iteration, samples, copies)
+    in :func:`noisy_unpool_diff_philox`, whose result with the identity as switches it is (bit for bit). y,
+    a0 = act(y) (B, C, H, W); returns (copies * B, C, H, W) in the memory format of y. Compiled op (CPU; on
+    CUDA that op with the identity as switches)."""
+    if y.device.type != "cpu":
+        ident = torch.arange(y.shape[2] * y.shape[3], device=y.device).view(1, 1, *y.shape[2:]).expand(y.shape)
+        return noisy_unpool_diff_philox(y, sigma, ident, a0, act, y.shape[2:], key, offset, iteration, samples,
+                                        copies)
+    require_compiled("noisy_act_diff_philox")
+    return torch.ops.dtp_fast.noisy_act_diff_philox(y, float(sigma), a0, act_code(act), int(key[0]), int(key[1]),
+                                                    int(offset), int(iteration), int(samples), int(copies))
 
 
 def noisy_unpool_diff_philox_ref(y: torch.Tensor, sigma: float, indices: torch.Tensor, h0: torch.Tensor, act: str,
@@ -301,10 +308,19 @@ def _noisy_unpool_diff_philox_fake(y, sigma, indices, h0, act, output_size, key0
     return torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=memory_format(y))
 
 
+def _noisy_act_diff_philox_fake(y, sigma, a0, act, key0, key1, offset, iteration, samples, copies):
+    op = "dtp_fast::noisy_act_diff_philox"
+    torch._check(y.dim() == 4 and a0.shape == y.shape, lambda: op + ": y and a0 (B, C, H, W) of one shape")
+    torch._check(y.dtype in COMPILED_DTYPES, lambda: op + ": float32/float64 only")
+    return torch.empty((copies * y.shape[0], *y.shape[1:]), dtype=y.dtype, device=y.device,
+                       memory_format=memory_format(y))
+
+
 #: The fake kernels of the family's compiled ops, registered by dtp_fast.ops (see its doc).
 FAKES = {
     "dtp_fast::pool_unpool_diff": _pool_unpool_diff_fake,
     "dtp_fast::noisy_unpool_diff": _noisy_unpool_diff_fake,
     "dtp_fast::noisy_unpool_diff_philox": _noisy_unpool_diff_philox_fake,
+    "dtp_fast::noisy_act_diff_philox": _noisy_act_diff_philox_fake,
 }
 AUTOGRAD: dict = {}

@@ -730,6 +730,44 @@ def test_torch_impl_without_extension(monkeypatch):
         _ext._reset_cache()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape,fmt", [((3, 5, 7, 6), "nchw"), ((3, 5, 7, 6), "channels_last"),
+                                       ((1, 4, 1, 3), "nchw"), ((32, 128, 1, 1), "channels_last"),
+                                       ((2, 3, 5, 4), "slice"), ((2, 6, 3, 3), "cl_slice")])
+def test_noisy_act_diff_philox_is_noisy_unpool_diff_philox_with_the_identity_as_switches(ext, dtype, act, shape, fmt):
+    """The CPU kernel of dh2 at pooled resolution gives the bits of noisy_unpool_diff_philox with the identity as
+    switches (the same noise, the same vectorised activation), in y's memory format, on odd shapes, batch 1,
+    one pixel and strided views; several copies, iterations and noise samples, rows from an offset."""
+    y = layout(torch.randn(shape, dtype=dtype, generator=gen(5)), fmt)
+    a0 = activate(y, act)
+    args = ((0x1234ABCD, 0x0BADF00D), 7, 3, 2, 6)
+    got = ops.noisy_act_diff_philox(y, 0.37, a0, act, *args)
+    ident = torch.arange(shape[2] * shape[3]).view(1, 1, *shape[2:]).expand(shape)
+    want = ops.noisy_unpool_diff_philox(y.contiguous(memory_format=memory_format_of(got)), 0.37, ident, a0, act,
+                                        shape[2:], *args)
+    assert_exact(got, want)
+    assert got.shape == (6 * shape[0], *shape[1:])
+    if fmt == "channels_last" and shape[2] * shape[3] > 1:
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.dtp_fast.noisy_act_diff_philox.default,
+                          (y, 0.37, a0, ACT_CODES[act], *args[0], *args[1:]))
+
+
+def test_noisy_act_diff_philox_rejects_bad_input(ext):
+    y = torch.randn(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="a0 = act\\(y\\) must have the shape of y"):
+        ops.noisy_act_diff_philox(y, 0.4, y[:1], "elu", (1, 2), 0, 0, 1, 2)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.noisy_act_diff_philox(y, 0.4, y.double(), "elu", (1, 2), 0, 0, 1, 2)
+    with pytest.raises(RuntimeError, match="4-D"):
+        ops.noisy_act_diff_philox(y[0], 0.4, y[0], "elu", (1, 2), 0, 0, 1, 2)
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        ops.noisy_act_diff_philox(y.half(), 0.4, y.half(), "elu", (1, 2), 0, 0, 1, 2)
+    with pytest.raises(RuntimeError, match="key words"):
+        ops.noisy_act_diff_philox(y, 0.4, y, "elu", (-1, 2), 0, 0, 1, 2)
+
+
 @pytest.mark.parametrize("act", ["elu", "tanh", "relu"])
 @pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
 def test_noisy_act_diff_philox_is_dh2_at_pooled_resolution(ext, act, fmt):
