@@ -279,7 +279,7 @@ def cmd_info(args) -> int:
 
     from .. import _ext
     from ..feedback import auto_memory_budget, available_backends
-    from ..feedback.memory import CPU_AUTO_ITERATIONS
+    from ..feedback.memory import CPU_AUTO_ITERATIONS, CPU_CHUNK_BYTES
     from ..utils import versions
 
     devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
@@ -308,7 +308,8 @@ def cmd_info(args) -> int:
             print(f"  backend {name:<10} on {d:<7}: {'usable' if b['usable'] else 'NOT usable'} ({b['note']})")
     for d, m in info["feedback_memory_mib"].items():
         what = (f"{m['auto_budget']:.0f} MiB" if d != "cpu" else
-                f"{CPU_AUTO_ITERATIONS} iterations of every layer, at most {m['auto_budget']:.0f} MiB,")
+                f"chunks of at least {CPU_AUTO_ITERATIONS} iterations and about {CPU_CHUNK_BYTES >> 20} MiB of "
+                f"work per layer, at most {m['auto_budget']:.0f} MiB,")
         print(f"  feedback memory on {d:<7}: {what} by default (--feedback-memory), "
               f"of {m['available']:.0f} MiB available")
     return 0

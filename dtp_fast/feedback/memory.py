@@ -11,7 +11,10 @@ tensors, the sparse chain's index lists) fit in the memory budget:
 - :func:`resolve_budget` turns the user's budget (bytes, ``None`` for no limit,
   ``"auto"``) into bytes for a device;
 - :func:`minimum_memory_budget` is what one iteration of every layer needs;
-- :func:`plan_chunk` is the chunk length for a budget.
+- :func:`plan_chunk` is the chunk length for a budget;
+- on a CPU, :func:`cpu_chunk_targets` gives each layer its own chunk length
+  (few long chunks for small layers, short ones that stay in cache for large
+  layers), which :func:`plan_chunk` then caps to fit the budget.
 """
 from __future__ import annotations
 
@@ -22,15 +25,21 @@ import torch
 from ..utils import available_memory
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "AUTO_BUDGET_SHARE", "AUTO_BUDGET_MAX", "CPU_AUTO_ITERATIONS", "auto_memory_budget",
-           "resolve_budget", "minimum_memory_budget", "chunk_memory_budget", "plan_chunk", "layer_memory"]
+           "resolve_budget", "minimum_memory_budget", "chunk_memory_budget", "plan_chunk", "layer_memory",
+           "CPU_CHUNK_BYTES", "cpu_chunk_targets"]
 
 # The fast backends' default memory budget: "auto", a share of the memory the device has available.
 DEFAULT_MEMORY_BUDGET = "auto"
 AUTO_BUDGET_SHARE = 0.25
 AUTO_BUDGET_MAX = 8 * 2**30
-# On a CPU "auto" holds about this many iterations of every layer: larger chunks fall out of the caches and
-# were slower (benchmarks/results/amd-epyc-2-cores-2026-12-02-cpu-memory-budget.md).
+# On a CPU a layer's chunk is at least this many iterations (one was slower at width 0.5, batch 128) ...
 CPU_AUTO_ITERATIONS = 2
+# ... and otherwise about this many bytes of transient work (layer_memory): a large layer's chunks stay short
+# (whole-phase chunks fell out of the caches and were slower:
+# benchmarks/results/amd-epyc-2-cores-2026-12-02-cpu-memory-budget.md), a small layer's grow long, so that it
+# pays the per-chunk calls (and, with several worker threads, the interpreter lock) a few times, not once per
+# iteration (benchmarks/results/intel-xeon-2-cores-2026-12-03-sparse-engine.md).
+CPU_CHUNK_BYTES = 12 * 2**20
 
 
 def auto_memory_budget(device) -> tuple[int, int]:
@@ -54,7 +63,7 @@ def auto_memory_budget(device) -> tuple[int, int]:
 def resolve_budget(budget, device, need: int, cpu_auto: int | None = None) -> int | None:
     """The byte budget of a run: an explicit one as it is (None: no limit); ``"auto"``: the
     :func:`auto_memory_budget` (on a CPU at most ``cpu_auto``, by default :data:`CPU_AUTO_ITERATIONS`
-    times ``need``; the engine passes the :func:`chunk_memory_budget` of that many iterations), raised to
+    times ``need``; the engine passes the :func:`chunk_memory_budget` of the :func:`cpu_chunk_targets`), raised to
     ``need`` (one iteration of every layer) when that fits in the memory available, with a clear error
     when it does not."""
     if budget != "auto":
@@ -92,31 +101,46 @@ def layer_memory(block, batch: int, samples: int, element_size: int) -> tuple[in
     return stored * element_size, transient * element_size, fixed
 
 
+def cpu_chunk_targets(blocks, hparams, batch: int, element_size: int) -> list[int]:
+    """Each layer's chunk length on a CPU: the iterations whose transient work (:func:`layer_memory`) takes
+    about :data:`CPU_CHUNK_BYTES`, at least :data:`CPU_AUTO_ITERATIONS`, at most the layer's iterations (and
+    at least 1)."""
+    out = []
+    for b, hp in zip(blocks, hparams):
+        transient = max(1, layer_memory(b, batch, hp.samples, element_size)[1])
+        out.append(max(1, min(hp.iterations, max(CPU_AUTO_ITERATIONS, -(-CPU_CHUNK_BYTES // transient)))))
+    return out
+
+
 def minimum_memory_budget(blocks, hparams, batch: int, element_size: int, workers: int = 1) -> int:
     """The smallest budget that holds one iteration of every layer at once, with
     ``workers`` layers precomputing at the same time."""
     return chunk_memory_budget(1, blocks, hparams, batch, element_size, workers)
 
 
-def chunk_memory_budget(n: int, blocks, hparams, batch: int, element_size: int, workers: int = 1) -> int:
-    """The budget that holds chunks of ``n`` iterations of every layer (fewer for a layer with fewer): every
-    layer's stored chunk and its fixed bytes at once, plus the transients of the ``workers`` layers that
-    precompute at the same time (the largest). :func:`plan_chunk` gives ``n`` for it."""
+def chunk_memory_budget(n: int, blocks, hparams, batch: int, element_size: int, workers: int = 1,
+                        targets=None) -> int:
+    """The budget that holds chunks of ``n`` iterations of every layer (fewer for a layer with fewer, or with a
+    smaller entry in ``targets``, the per-layer chunk lengths of :func:`cpu_chunk_targets`): every layer's
+    stored chunk and its fixed bytes at once, plus the transients of the ``workers`` layers that precompute at
+    the same time (the largest). :func:`plan_chunk` gives ``n`` for it."""
     total, transients = 0, []
-    for b, hp in zip(blocks, hparams):
+    for i, (b, hp) in enumerate(zip(blocks, hparams)):
         if hp.iterations > 0:
             s, t, f = layer_memory(b, batch, hp.samples, element_size)
-            k = min(n, hp.iterations)
+            k = min(n, hp.iterations, n if targets is None else targets[i])
             total += k * s + f
             transients.append(k * t)
     return total + sum(sorted(transients, reverse=True)[:workers])
 
 
-def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: int | None, workers: int = 1) -> int:
-    """The number of iterations every layer precomputes at once: the largest n whose
-    chunks fit in ``budget`` bytes (None: no limit) with ``workers`` layers precomputing
-    at the same time."""
-    most = max((hp.iterations for hp in hparams), default=0)
+def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: int | None, workers: int = 1,
+               targets=None) -> int:
+    """The number of iterations every layer precomputes at once (at most its entry in ``targets``, when
+    given: a layer's chunk is ``min(n, targets[i])``): the largest n whose chunks fit in ``budget`` bytes
+    (None: no limit) with ``workers`` layers precomputing at the same time."""
+    most = max((min(hp.iterations, hp.iterations if targets is None else t)
+                for hp, t in zip(hparams, targets or hparams)), default=0)
     if budget is None:
         return max(1, most)
     need = minimum_memory_budget(blocks, hparams, batch, element_size, workers)
@@ -127,6 +151,6 @@ def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: in
             f"and batch is {need / 2**20:.2f} MiB ({need} bytes): raise memory_budget (--feedback-memory) or "
             f"lower the batch size")
     n = 1
-    while n < most and chunk_memory_budget(n + 1, blocks, hparams, batch, element_size, workers) <= budget:
+    while n < most and chunk_memory_budget(n + 1, blocks, hparams, batch, element_size, workers, targets) <= budget:
         n += 1
     return n

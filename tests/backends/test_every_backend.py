@@ -64,6 +64,52 @@ def test_batch_one_noncontiguous_and_default_chunking(backend, pool):
     _assert_same(ref, _run(net, x, cfg, backend, "default"), torch.float64)
 
 
+def test_cpu_chunks_are_per_layer_short_for_large_layers_long_for_small(monkeypatch):
+    """On a CPU each layer precomputes about CPU_CHUNK_BYTES of transient work per chunk (at least
+    CPU_AUTO_ITERATIONS iterations): SimpleVGG's large first layer short chunks, its small last conv layers
+    long ones; an explicit budget caps them all alike; the engine hands every layer its own length."""
+    from dtp_fast.feedback import memory
+    from dtp_fast.feedback.layer import LayerState
+    from dtp_fast.presets import simple_vgg
+
+    net = simple_vgg((3, 32, 32), 10, channels=[32, 32, 64, 64, 128])
+    blocks, names = net.block_list()[1:], net.feedback_names
+    hp = FeedbackConfig(iterations=[20, 30, 35, 55, 20]).resolve(names)
+    targets = memory.cpu_chunk_targets(blocks, hp, 32, 4)
+    transient = [memory.layer_memory(b, 32, 1, 4)[1] for b in blocks]
+    assert transient[0] > memory.CPU_CHUNK_BYTES / memory.CPU_AUTO_ITERATIONS    # conv_1: the minimum
+    assert targets[0] == memory.CPU_AUTO_ITERATIONS
+    for t, k, h in zip(targets, transient, hp):
+        assert 1 <= t <= h.iterations
+        assert t == h.iterations or t == memory.CPU_AUTO_ITERATIONS or (t - 1) * k < memory.CPU_CHUNK_BYTES <= t * k
+    assert targets[3] > 10 * targets[0]                                             # conv_4: long chunks
+    assert plan_chunk(blocks, names, hp, 32, 4, None, 2, targets) == max(targets)
+    three = chunk_memory_budget(3, blocks, hp, 32, 4, 2, targets)
+    assert three < chunk_memory_budget(3, blocks, hp, 32, 4, 2)
+    assert plan_chunk(blocks, names, hp, 32, 4, three, 2, targets) == 3
+
+    seen = {}
+    init = LayerState.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen[self.name] = self.chunk
+    monkeypatch.setattr(LayerState, "__init__", spy)
+    torch.manual_seed(0)
+    small = _net(kernel=3, pool=(2, 2, 0))
+    x = torch.randn(2, *small.in_shape)
+    cfg = FeedbackConfig(iterations=[4, 3, 5], lr=0.05, noise=0.2)
+    with torch.no_grad():
+        acts, switches = small.activations(x)
+    shp = cfg.resolve(small.feedback_names)
+    want = memory.cpu_chunk_targets(small.block_list()[1:], shp, 2, 4)
+    train_feedback(small, acts, switches, cfg, FeedbackState(), CounterNoise(0), 0, backend="torch")
+    assert [seen[n] for n in small.feedback_names] == want
+    two = chunk_memory_budget(2, small.block_list()[1:], shp, 2, 4, 3, want)
+    train_feedback(small, acts, switches, cfg, FeedbackState(), CounterNoise(0), 0, backend="torch", memory_budget=two)
+    assert [seen[n] for n in small.feedback_names] == [min(2, t) for t in want]
+
+
 @pytest.mark.parametrize("backend", FAST)
 def test_mlp_and_paper_lenet_shapes(backend):
     torch.manual_seed(2)

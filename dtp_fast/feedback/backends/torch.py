@@ -34,7 +34,7 @@ from ...blocks import ACTIVATIONS
 from ...noise import NoiseBlock
 from ..engine import register_backend
 from ..layer import LayerState
-from ..memory import (CPU_AUTO_ITERATIONS, DEFAULT_MEMORY_BUDGET, chunk_memory_budget, minimum_memory_budget,
+from ..memory import (DEFAULT_MEMORY_BUDGET, chunk_memory_budget, cpu_chunk_targets, minimum_memory_budget,
                       plan_chunk, resolve_budget)
 
 __all__ = ["TorchBackend", "AnalyticBackend"]
@@ -225,14 +225,18 @@ class TorchBackend:
                                  f"activations are {x0.dtype} on {x0.device}: move the network with "
                                  f"net.to(device, dtype)")
         batch, esize = x0.shape[0], x0.element_size()
+        # on a CPU each layer has its own chunk length (short for large layers, long for small ones)
+        targets = cpu_chunk_targets(blocks, hparams, batch, esize) if x0.device.type == "cpu" else None
+        most = max((hp.iterations for hp in hparams), default=1)
         budget = resolve_budget(budget, x0.device, minimum_memory_budget(blocks, hparams, batch, esize),
-                                chunk_memory_budget(CPU_AUTO_ITERATIONS, blocks, hparams, batch, esize))
+                                chunk_memory_budget(most, blocks, hparams, batch, esize, len(blocks), targets))
         # collectives run in the same order on every process: one thread, layers interleaved
         workers = 1 if reduce is not None else self.workers(x0.device, hparams, budget, blocks, batch, esize)
-        chunk = plan_chunk(blocks, names, hparams, batch, esize, budget, workers)
+        chunk = plan_chunk(blocks, names, hparams, batch, esize, budget, workers, targets)
+        chunks = [chunk if targets is None else min(chunk, t) for t in (targets or hparams)]
         with torch.no_grad():
-            layers = [LayerState(self, b, i, name, hp, acts[i - 1], acts[i], switches[i], state, noise, step, chunk,
-                             sample_offset)
+            layers = [LayerState(self, b, i, name, hp, acts[i - 1], acts[i], switches[i], state, noise, step,
+                                 chunks[i - 1], sample_offset)
                       for i, (name, b, hp) in enumerate(zip(names, blocks, hparams), start=1)]
             if workers > 1:
                 _run_concurrently(layers, report, workers)
