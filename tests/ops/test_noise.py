@@ -42,7 +42,8 @@ def _normal(impl, device, shape, key, offset, iteration, sample, dtype):
 # (dtype, shape, key, offset, iteration, sample)
 CASES = impl_cases({
     COMPILED: [(d, s, (0x12345678, 0x9ABCDEF0), 5, 7, 1) for d in (torch.float32, torch.float64)
-               for s in [(1, 1), (3, 5), (2, 3, 7, 5), (1, 4), (6, 2, 2, 3), (64, 1030), (0, 3)]],
+               for s in [(1, 1), (3, 5), (2, 3, 7, 5), (1, 4), (6, 2, 2, 3), (64, 1030), (0, 3),
+                         (2, 63), (2, 64), (3, 260)]],   # rows of 16-block groups (AVX-512) and tails
     CUDA: [(d, s, (0xDEADBEEF, 0x01234567), 11, 3, 2) for d in (torch.float32, torch.float64)
            for s in [(1, 1), (1, 3), (3, 5), (2, 3, 7, 5), (5, 1024), (2, 4099)]],
     TRITON: [(torch.float32, s, CounterNoise(3).key(5, 2, "y"), o, it, sa)
