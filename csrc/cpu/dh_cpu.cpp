@@ -925,23 +925,24 @@ void noisy_act_rows(const scalar_t* y, const scalar_t* a0, scalar_t* out, int64_
   const scalar_t s = static_cast<scalar_t>(sigma);
   const bool aten_act = act == kActElu || act == kActTanh;
   at::parallel_for(0, copies * B, tile, [&](int64_t r0, int64_t r1) {
-    std::vector<float> eps(static_cast<size_t>((feat + 3) / 4 * 4));
+    std::vector<float> eps(static_cast<size_t>((feat + 3) / 4 * 4)), tmp(channels_last ? eps.size() : 0);
     std::vector<scalar_t> scratch(aten_act ? kActChunk : 0);
     std::vector<int64_t> where(aten_act ? kActChunk : 0);
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
       const int64_t t1 = std::min(r1, t0 + tile);
       for (int64_t r = t0; r < t1; ++r) {
         const int64_t m = r / B, b = r % B;
-        row_normals(eps.data(), feat, static_cast<uint32_t>(offset + b), static_cast<uint32_t>(iteration + m / samples),
-                    static_cast<uint32_t>(m % samples), k0, k1);
+        const auto row = static_cast<uint32_t>(offset + b), it = static_cast<uint32_t>(iteration + m / samples);
+        const auto smp = static_cast<uint32_t>(m % samples);
+        // the noise in y's memory order (channels_last: element (c, p) of the row at p * C + c)
+        if (channels_last) {
+          row_normals_cl(eps.data(), tmp.data(), C, HW, row, it, smp, k0, k1);
+        } else {
+          row_normals(eps.data(), feat, row, it, smp, k0, k1);
+        }
         const scalar_t* yr = y + b * feat;
         scalar_t* o = out + r * feat;
-        if (channels_last) {  // element (c, p) of the noise (row-major over C, H, W) goes to p * C + c
-          for (int64_t p = 0; p < HW; ++p)
-            for (int64_t c = 0; c < C; ++c) o[p * C + c] = yr[p * C + c] + s * static_cast<scalar_t>(eps[c * HW + p]);
-        } else {
-          for (int64_t e = 0; e < feat; ++e) o[e] = yr[e] + s * static_cast<scalar_t>(eps[e]);
-        }
+        for (int64_t e = 0; e < feat; ++e) o[e] = yr[e] + s * static_cast<scalar_t>(eps[e]);
       }
       scalar_t* o = out + t0 * feat;
       const int64_t count = (t1 - t0) * feat;

@@ -124,35 +124,45 @@ __attribute__((target("avx512f"))) inline void cos_sin16(__m512i b, __m512& c, _
   s = neg16(s1, neg);
 }
 
+// The sixteen blocks with counters (a[i], row, it, smp): normal k of block i in lane i of x[k].
+__attribute__((target("avx512f"))) inline void normals16(__m512i a, uint32_t row, uint32_t it, uint32_t smp,
+                                                          uint32_t k0, uint32_t k1, __m512 x[4]) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kM0)), m1 = _mm512_set1_epi32(static_cast<int>(philox::kM1));
+  __m512i b = _mm512_set1_epi32(static_cast<int>(row)), c = _mm512_set1_epi32(static_cast<int>(it));
+  __m512i d = _mm512_set1_epi32(static_cast<int>(smp));
+  uint32_t ka = k0, kb = k1;
+  for (int r = 0; r < 10; ++r) {  // philox::round
+    __m512i hi0, lo0, hi1, lo1;
+    mul_hilo16(a, m0, hi0, lo0);
+    mul_hilo16(c, m1, hi1, lo1);
+    const __m512i n0 = _mm512_ternarylogic_epi32(hi1, b, _mm512_set1_epi32(static_cast<int>(ka)), 0x96);  // xor3
+    const __m512i n2 = _mm512_ternarylogic_epi32(hi0, d, _mm512_set1_epi32(static_cast<int>(kb)), 0x96);
+    b = lo1;
+    d = lo0;
+    a = n0;
+    c = n2;
+    ka += philox::kW0;
+    kb += philox::kW1;
+  }
+  const __m512 r1 = radius16(a), r2 = radius16(c);
+  __m512 cos1, sin1, cos2, sin2;
+  cos_sin16(b, cos1, sin1);
+  cos_sin16(d, cos2, sin2);
+  x[0] = _mm512_mul_ps(r1, cos1);
+  x[1] = _mm512_mul_ps(r1, sin1);
+  x[2] = _mm512_mul_ps(r2, cos2);
+  x[3] = _mm512_mul_ps(r2, sin2);
+}
+
 // Blocks j0 .. j0 + 16 n - 1 (as blocks_f32_tiled), sixteen at a time.
 __attribute__((target("avx512f"))) void blocks_f32_avx512(float* dst, int64_t j0, int64_t n, uint32_t row,
                                                            uint32_t it, uint32_t smp, uint32_t k0, uint32_t k1) {
   const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kM0)), m1 = _mm512_set1_epi32(static_cast<int>(philox::kM1));
   for (int64_t g = 0; g < n; ++g) {
-    __m512i a = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(j0 + 16 * g))), iota);
-    __m512i b = _mm512_set1_epi32(static_cast<int>(row)), c = _mm512_set1_epi32(static_cast<int>(it));
-    __m512i d = _mm512_set1_epi32(static_cast<int>(smp));
-    uint32_t ka = k0, kb = k1;
-    for (int r = 0; r < 10; ++r) {  // philox::round
-      __m512i hi0, lo0, hi1, lo1;
-      mul_hilo16(a, m0, hi0, lo0);
-      mul_hilo16(c, m1, hi1, lo1);
-      const __m512i n0 = _mm512_ternarylogic_epi32(hi1, b, _mm512_set1_epi32(static_cast<int>(ka)), 0x96);  // xor3
-      const __m512i n2 = _mm512_ternarylogic_epi32(hi0, d, _mm512_set1_epi32(static_cast<int>(kb)), 0x96);
-      b = lo1;
-      d = lo0;
-      a = n0;
-      c = n2;
-      ka += philox::kW0;
-      kb += philox::kW1;
-    }
-    const __m512 r1 = radius16(a), r2 = radius16(c);
-    __m512 cos1, sin1, cos2, sin2;
-    cos_sin16(b, cos1, sin1);
-    cos_sin16(d, cos2, sin2);
-    const __m512 x0 = _mm512_mul_ps(r1, cos1), x1 = _mm512_mul_ps(r1, sin1);
-    const __m512 x2 = _mm512_mul_ps(r2, cos2), x3 = _mm512_mul_ps(r2, sin2);
+    __m512 x[4];
+    normals16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(j0 + 16 * g))), iota), row,
+              it, smp, k0, k1, x);
+    const __m512 x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
     // out[4 i + k] = xk[i]: within each 128-bit lane j, u_m holds block 4 j + m as (x0, x1, x2, x3)
     const __m512 t0 = _mm512_unpacklo_ps(x0, x1), t1 = _mm512_unpackhi_ps(x0, x1);
     const __m512 t2 = _mm512_unpacklo_ps(x2, x3), t3 = _mm512_unpackhi_ps(x2, x3);
@@ -168,6 +178,26 @@ __attribute__((target("avx512f"))) void blocks_f32_avx512(float* dst, int64_t j0
     _mm512_storeu_ps(o + 16, _mm512_shuffle_f32x4(v0, v1, 0xDD));
     _mm512_storeu_ps(o + 32, _mm512_shuffle_f32x4(v2, v3, 0x88));
     _mm512_storeu_ps(o + 48, _mm512_shuffle_f32x4(v2, v3, 0xDD));
+  }
+}
+
+// A row's normals in channels_last order (see row_normals_cl) for HW % 4 == 0: element (c, p) is lane p % 4
+// of block c HW / 4 + p / 4, so the blocks of sixteen channels at four positions p0 .. p0 + 3 give four
+// vectors that are each sixteen consecutive outputs.
+__attribute__((target("avx512f"))) void row_normals_cl_avx512(float* eps, int64_t C, int64_t HW, uint32_t row,
+                                                               uint32_t it, uint32_t smp, uint32_t k0, uint32_t k1) {
+  const uint32_t q = static_cast<uint32_t>(HW / 4);
+  const __m512i iota_q = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(static_cast<int>(q)));
+  for (int64_t p0 = 0; p0 < HW; p0 += 4) {
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+      const __mmask16 m = static_cast<__mmask16>(C - c0 >= 16 ? 0xFFFF : (1u << (C - c0)) - 1);
+      __m512 x[4];
+      normals16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(c0) * q +
+                                                                    static_cast<uint32_t>(p0 / 4))), iota_q),
+                row, it, smp, k0, k1, x);
+      for (int l = 0; l < 4; ++l) _mm512_mask_storeu_ps(eps + (p0 + l) * C + c0, m, x[l]);
+    }
   }
 }
 
@@ -199,6 +229,22 @@ inline void row_normals(float* eps, int64_t feat, uint32_t row, uint32_t it, uin
   const int64_t full = feat / 4;
   blocks_f32(eps, 0, full, row, it, smp, k0, k1);
   if (4 * full < feat) philox::normal4(static_cast<uint32_t>(full), row, it, smp, k0, k1, eps + 4 * full);
+}
+
+// The normals of a whole row of C * HW elements (those of row_normals, element (c, p) = c * HW + p) in
+// channels_last order: eps[p * C + c]. tmp holds (C * HW + 3) / 4 * 4 floats (used unless AVX-512 and
+// HW % 4 == 0).
+inline void row_normals_cl(float* eps, float* tmp, int64_t C, int64_t HW, uint32_t row, uint32_t it, uint32_t smp,
+                           uint32_t k0, uint32_t k1) {
+#ifdef DTP_FAST_PHILOX_AVX512
+  if (HW % 4 == 0 && have_avx512()) {
+    row_normals_cl_avx512(eps, C, HW, row, it, smp, k0, k1);
+    return;
+  }
+#endif
+  row_normals(tmp, C * HW, row, it, smp, k0, k1);
+  for (int64_t p = 0; p < HW; ++p)
+    for (int64_t c = 0; c < C; ++c) eps[p * C + c] = tmp[c * HW + p];
 }
 
 }  // namespace

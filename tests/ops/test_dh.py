@@ -733,6 +733,7 @@ def test_torch_impl_without_extension(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("shape,fmt", [((3, 5, 7, 6), "nchw"), ((3, 5, 7, 6), "channels_last"),
+                                       ((2, 20, 4, 4), "channels_last"), ((1, 33, 2, 2), "channels_last"),
                                        ((1, 4, 1, 3), "nchw"), ((32, 128, 1, 1), "channels_last"),
                                        ((2, 3, 5, 4), "slice"), ((2, 6, 3, 3), "cl_slice")])
 def test_noisy_act_diff_philox_is_noisy_unpool_diff_philox_with_the_identity_as_switches(ext, dtype, act, shape, fmt):

@@ -157,7 +157,8 @@ def test_triton_noisy_input_equals_the_torch_backend():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("shape,fmt", [((3, 5, 7, 6), "channels_last"), ((3, 5, 7, 6), "nchw"), ((1, 4, 1, 3), "nchw"),
+@pytest.mark.parametrize("shape,fmt", [((3, 5, 7, 6), "channels_last"), ((2, 20, 4, 4), "channels_last"),
+                                       ((1, 33, 2, 2), "channels_last"), ((3, 5, 7, 6), "nchw"), ((1, 4, 1, 3), "nchw"),
                                        ((2, 9), "nchw"), ((3, 5, 7, 6), "slice")])
 def test_philox_noisy_input_equals_its_reference_bit_for_bit(ext, dtype, shape, fmt):
     """dx = sigma * eps and x + dx with eps drawn in the kernel: the bits of philox_normal scaled and added, for
