@@ -873,12 +873,8 @@ void fill_noise_block(scalar_t* eps, int64_t copies, int64_t B, int64_t feat, ui
   at::parallel_for(0, copies * B, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> v(static_cast<size_t>((feat + 3) / 4 * 4));
     for (int64_t n = begin; n < end; ++n) {
-      const int64_t m = n / B, b = n % B;
-      const auto row = static_cast<uint32_t>(offset + b);
-      const auto it = static_cast<uint32_t>(iteration + m / samples), smp = static_cast<uint32_t>(m % samples);
-      scalar_t* dst = eps + n * feat;
-      row_normals(v.data(), feat, row, it, smp, k0, k1);
-      std::copy(v.begin(), v.begin() + feat, dst);
+      block_row_normals(v.data(), nullptr, n, B, 1, feat, false, offset, iteration, samples, k0, k1);
+      std::copy(v.begin(), v.begin() + feat, eps + n * feat);
     }
   });
 }
@@ -931,16 +927,9 @@ void noisy_act_rows(const scalar_t* y, const scalar_t* a0, scalar_t* out, int64_
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
       const int64_t t1 = std::min(r1, t0 + tile);
       for (int64_t r = t0; r < t1; ++r) {
-        const int64_t m = r / B, b = r % B;
-        const auto row = static_cast<uint32_t>(offset + b), it = static_cast<uint32_t>(iteration + m / samples);
-        const auto smp = static_cast<uint32_t>(m % samples);
-        // the noise in y's memory order (channels_last: element (c, p) of the row at p * C + c)
-        if (channels_last) {
-          row_normals_cl(eps.data(), tmp.data(), C, HW, row, it, smp, k0, k1);
-        } else {
-          row_normals(eps.data(), feat, row, it, smp, k0, k1);
-        }
-        const scalar_t* yr = y + b * feat;
+        // the noise in y's memory order
+        block_row_normals(eps.data(), tmp.data(), r, B, C, HW, channels_last, offset, iteration, samples, k0, k1);
+        const scalar_t* yr = y + (r % B) * feat;
         scalar_t* o = out + r * feat;
         for (int64_t e = 0; e < feat; ++e) o[e] = yr[e] + s * static_cast<scalar_t>(eps[e]);
       }

@@ -81,16 +81,9 @@ void noisy_rows(const scalar_t* x, scalar_t* dx, scalar_t* xn, int64_t B, int64_
   at::parallel_for(0, copies * B, 1, [&](int64_t r0, int64_t r1) {
     std::vector<float> eps(static_cast<size_t>(4 * blocks)), tmp(channels_last ? static_cast<size_t>(4 * blocks) : 0);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t m = r / B, b = r % B;
-      const auto row = static_cast<uint32_t>(offset + b), it = static_cast<uint32_t>(iteration + m / samples);
-      const auto smp = static_cast<uint32_t>(m % samples);
-      // the noise in the outputs' memory order (channels_last: element (c, p) of the row at p * C + c)
-      if (channels_last) {
-        row_normals_cl(eps.data(), tmp.data(), C, HW, row, it, smp, k0, k1);
-      } else {
-        row_normals(eps.data(), feat, row, it, smp, k0, k1);
-      }
-      const scalar_t* xr = x + b * feat;
+      // the noise in the outputs' memory order
+      block_row_normals(eps.data(), tmp.data(), r, B, C, HW, channels_last, offset, iteration, samples, k0, k1);
+      const scalar_t* xr = x + (r % B) * feat;
       scalar_t* d = dx + r * feat;
       scalar_t* o = xn + r * feat;
       for (int64_t e = 0; e < feat; ++e) {

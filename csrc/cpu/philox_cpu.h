@@ -247,5 +247,20 @@ inline void row_normals_cl(float* eps, float* tmp, int64_t C, int64_t HW, uint32
     for (int64_t c = 0; c < C; ++c) eps[p * C + c] = tmp[c * HW + p];
 }
 
+// The normals of row r of a noise block of copies of a batch of B rows (copy m = r / B of row b = r % B:
+// sample index offset + b, iteration `iteration` + m / samples, noise sample m % samples; a NoiseBlock of
+// dtp_fast/noise.py), in the memory order of a (C, HW) row: channels_last (row_normals_cl) or row-major.
+inline void block_row_normals(float* eps, float* tmp, int64_t r, int64_t B, int64_t C, int64_t HW, bool channels_last,
+                              int64_t offset, int64_t iteration, int64_t samples, uint32_t k0, uint32_t k1) {
+  const int64_t m = r / B, b = r % B;
+  const auto row = static_cast<uint32_t>(offset + b), it = static_cast<uint32_t>(iteration + m / samples);
+  const auto smp = static_cast<uint32_t>(m % samples);
+  if (channels_last) {
+    row_normals_cl(eps, tmp, C, HW, row, it, smp, k0, k1);
+  } else {
+    row_normals(eps, C * HW, row, it, smp, k0, k1);
+  }
+}
+
 }  // namespace
 }  // namespace dtp_fast
