@@ -319,18 +319,20 @@ class _Bench:
     def planner(self) -> dict:
         """The memory planner's figures per layer (bytes): what one precomputed iteration stores (dh2 at the
         block's output resolution and A_k; ``dh2_unpooled_bytes``: what dh2 took unpooled, before it was kept
-        pooled) and what the layer holds for the phase; and the budget of a chunk of every iteration."""
+        pooled), what the layer holds for the phase and its chunk length on a CPU (iterations, at a budget
+        that does not cap it); and the budget of a chunk of every iteration."""
         from .feedback import memory
 
         blocks = self.net.block_list()[1:]
         hp = self._config(self.iterations).resolve(self.layers)
         esize, batch = self.x.element_size(), self.args.batch_size
         layers = {}
-        for name, b, h in zip(self.layers, blocks, hp):
+        chunks = memory.cpu_chunk_targets(blocks, hp, batch, esize)
+        for name, b, h, chunk in zip(self.layers, blocks, hp, chunks):
             stored, _, fixed = memory.layer_memory(b, batch, h.samples, esize)
             rows = h.samples * batch
             conv = b.kind != "linear"
-            layers[name] = {"stored_bytes_per_iteration": stored, "fixed_bytes": fixed,
+            layers[name] = {"stored_bytes_per_iteration": stored, "fixed_bytes": fixed, "cpu_chunk_iterations": chunk,
                             "dh2_bytes_per_iteration": rows * math.prod(b.out_shape) * esize if conv else None,
                             "dh2_unpooled_bytes_per_iteration":
                                 rows * math.prod(b.pre_pool_shape) * esize if conv else None}
@@ -405,13 +407,15 @@ def to_markdown(res: dict) -> str:
     if plan:
         lines += ["", "Memory planner, per layer (MiB): one precomputed iteration's dh2 (held at the block's output "
                       "resolution; unpooled, as before) and everything it stores; what the layer holds for the "
-                      "phase (the chain's tensors, the sparse chain's index lists; upper bounds):", "",
-                  "| layer | dh2 per iteration | dh2 unpooled | stored per iteration | held for the phase |",
-                  "|---|---:|---:|---:|---:|"]
+                      "phase (the chain's tensors, the sparse chain's index lists; upper bounds); the iterations "
+                      "it precomputes at once on a CPU (unless the memory budget caps them):", "",
+                  "| layer | dh2 per iteration | dh2 unpooled | stored per iteration | held for the phase | "
+                  "CPU chunk |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for layer, p in plan["layers"].items():
             lines.append(f"| {layer} | {_mib(p['dh2_bytes_per_iteration'])} | "
                          f"{_mib(p['dh2_unpooled_bytes_per_iteration'])} | {_mib(p['stored_bytes_per_iteration'])} | "
-                         f"{_mib(p['fixed_bytes'])} |")
+                         f"{_mib(p['fixed_bytes'])} | {p.get('cpu_chunk_iterations', '-')} |")
         lines += ["", f"One iteration of every layer needs {_mib(plan['minimum_budget_bytes'])} MiB; every "
                       f"iteration at once (one chunk, what a CUDA graph of the whole chain needs) "
                       f"{_mib(plan['whole_phase_budget_bytes'])} MiB."]

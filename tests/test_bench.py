@@ -60,6 +60,10 @@ def test_bench_simple_vgg_writes_json_markdown_and_png(tmp_path, capsys):
     assert "| feedback phase, `reference` |" in md and "backprop step" in md and "L-DRL step" in md
     assert "| conv_1 | 1 |" in md and "| fc | 1 |" in md
     assert (out / "b.png").read_bytes()[:8] == PNG_MAGIC
+    # the planner: each layer's CPU chunk length (here capped by its single iteration), in JSON and markdown
+    plan = res["planner"]["layers"]
+    assert [plan[n]["cpu_chunk_iterations"] for n in plan] == [1] * 5
+    assert "| CPU chunk |" in md and "| 1 |\n" in md
 
 
 def test_bench_lenet_reference_only_no_per_layer_float64(tmp_path, capsys):
