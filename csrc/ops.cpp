@@ -38,6 +38,7 @@ const char* const kOpNames[] = {
     "dtp_fast::switch_lists",
     "dtp_fast::pooled_conv_t",
     "dtp_fast::pooled_wgrad",
+    "dtp_fast::pooled_chain_",
     "dtp_fast::build_info",
 };
 
@@ -206,6 +207,16 @@ TORCH_LIBRARY(dtp_fast, m) {
   m.def(
       "pooled_wgrad(Tensor values, Tensor ch_ptr, Tensor ch_ent, Tensor dr_pad, "
       "int[2] kernel_size, int[2] dilation) -> Tensor");
+  // Every iteration of a precomputed chunk, values (n, rows, C, Hp, Wp) and A
+  // (n, C, Cx, KH, KW): dr_y and wgrad as above, then the momentum-SGD step of
+  // weight (C, Cx, KH, KW) and momentum_buffer in place with the gradient
+  // 2 * scale * (wgrad - A[j]); returns the losses scale * (sum(dr_y^2) -
+  // 2 * sum(A[j] * V)) of iterations loss_from .. n - 1 (V before its step).
+  m.def(
+      "pooled_chain_(Tensor values, Tensor pix_ptr, Tensor pix_ent, Tensor ch_ptr, "
+      "Tensor ch_ent, Tensor A, Tensor(a!) weight, Tensor(b!) momentum_buffer, "
+      "int[2] output_size, int[2] padded_size, int[2] padding, int[2] dilation, "
+      "float scale, float lr, float momentum, float weight_decay, int loss_from) -> Tensor");
   // ---- how this library was built (JSON, read by dtp_fast/_ext.py)
   m.def("build_info() -> str", &build_info);
 }

@@ -40,6 +40,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -48,6 +49,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -418,12 +420,122 @@ at::Tensor pooled_wgrad_cpu(const at::Tensor& values, const at::Tensor& ch_ptr, 
   return out;
 }
 
+// ------------------------------------------------------------------ a whole chunk
+// Every iteration j of a precomputed chunk in one call, in order: dr_y = V * unpool(values[j]) (into one
+// zero-bordered buffer), wgrad (one buffer), the loss (from loss_from on, V before its step, sums in double),
+// then grad = 2 scale (wgrad - A[j]) (+ weight_decay V) and the momentum step of V and its buffer. V and the
+// buffer are worked on in the kernels' packed layout [c][kh][kw][co] (co padded) and written back at the end.
+template <typename T>
+void chain_steps(const T* values, int64_t n, int64_t per_iter, const int32_t* pp, const int32_t* pe,
+                 const int32_t* cp, const int32_t* ce, const T* A, T* V, T* buf, T* dr, T* wg, double* losses,
+                 int64_t loss_from, int64_t rows, int64_t C, int64_t KK, int64_t Cx, int64_t cxp, int64_t Hx,
+                 int64_t Wx, int64_t Hb, int64_t Wb, int64_t ph, int64_t pw, const int64_t* tofs, double scale,
+                 double lr, double momentum, double weight_decay) {
+  const int64_t pixels = rows * Hx * Wx, dr_size = rows * Hb * Wb * cxp;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, cxp));
+  const T two_s = static_cast<T>(2 * scale), mu = static_cast<T>(momentum), wd = static_cast<T>(weight_decay);
+  const T neg_lr = static_cast<T>(-lr);
+  for (int64_t j = 0; j < n; ++j) {
+    const T* val = values + j * per_iter;
+    const T* Aj = A + j * C * KK * Cx;
+    at::parallel_for(0, pixels, grain, [&](int64_t o0, int64_t o1) {
+      if constexpr (std::is_same_v<T, float>) {
+        conv_t_f32(val, pp, pe, V, dr, o0, o1, Hx, Wx, Hb, Wb, ph, pw, cxp);
+      } else {
+        conv_t_f64(val, pp, pe, V, dr, o0, o1, Hx, Wx, Hb, Wb, ph, pw, cxp);
+      }
+    });
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      if constexpr (std::is_same_v<T, float>) {
+        wgrad_f32(val, cp, ce, dr, wg, c0, c1, tofs, KK, cxp);
+      } else {
+        wgrad_f64(val, cp, ce, dr, wg, c0, c1, tofs, KK, cxp);
+      }
+    });
+    if (j >= loss_from) {
+      double sq = 0, av = 0;
+      for (int64_t i = 0; i < dr_size; ++i) sq += static_cast<double>(dr[i]) * static_cast<double>(dr[i]);
+      for (int64_t ct = 0; ct < C * KK; ++ct)
+        for (int64_t co = 0; co < Cx; ++co)
+          av += static_cast<double>(Aj[ct * Cx + co]) * static_cast<double>(V[ct * cxp + co]);
+      losses[j - loss_from] = scale * (sq - 2 * av);
+    }
+    for (int64_t ct = 0; ct < C * KK; ++ct) {
+      for (int64_t co = 0; co < Cx; ++co) {
+        const int64_t i = ct * cxp + co;
+        T g = (wg[i] - Aj[ct * Cx + co]) * two_s;
+        if (weight_decay != 0) g = g + wd * V[i];
+        buf[i] = buf[i] * mu + g;
+        V[i] = V[i] + neg_lr * buf[i];
+      }
+    }
+  }
+}
+
+at::Tensor pooled_chain_cpu(const at::Tensor& values, const at::Tensor& pix_ptr, const at::Tensor& pix_ent,
+                            const at::Tensor& ch_ptr, const at::Tensor& ch_ent, const at::Tensor& A,
+                            at::Tensor& weight, at::Tensor& momentum_buffer, at::IntArrayRef output_size,
+                            at::IntArrayRef padded_size, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            double scale, double lr, double momentum, double weight_decay, int64_t loss_from) {
+  constexpr const char* op = "dtp_fast::pooled_chain_";
+  TORCH_CHECK(values.dim() == 5, op, ": values must be (n, rows, C, Hp, Wp): a chunk of d2");
+  TORCH_CHECK(weight.dim() == 4 && momentum_buffer.sizes() == weight.sizes(), op,
+              ": weight and momentum_buffer must be (C, Cx, KH, KW) of one shape");
+  const int64_t n = values.size(0), rows = values.size(1), C = weight.size(0), Cx = weight.size(1);
+  const int64_t KH = weight.size(2), KW = weight.size(3), KK = KH * KW;
+  TORCH_CHECK(values.size(2) == C, op, ": values have ", values.size(2), " channels, the weight ", C);
+  TORCH_CHECK(A.dim() == 5 && A.size(0) == n && A.sizes().slice(1) == weight.sizes(), op,
+              ": A must be (n, *weight.shape) = (", n, ", ", weight.sizes(), "), got ", A.sizes());
+  TORCH_CHECK(weight.scalar_type() == values.scalar_type() && momentum_buffer.scalar_type() == values.scalar_type() &&
+                  A.scalar_type() == values.scalar_type(), op, ": values, A, weight and momentum_buffer must have one dtype");
+  TORCH_CHECK(weight.device().is_cpu() && momentum_buffer.device().is_cpu() && A.device().is_cpu(), op,
+              ": expected CPU tensors");
+  const int64_t lanes = 64 / static_cast<int64_t>(values.element_size());
+  const int64_t cxp = (Cx + lanes - 1) / lanes * lanes;
+  const at::Tensor vals = values.contiguous();
+  check_common(op, vals, pix_ptr, pix_ent, vals, cxp);
+  TORCH_CHECK(ch_ptr.numel() == C + 1 && ch_ptr.scalar_type() == at::kInt && ch_ent.scalar_type() == at::kInt, op,
+              ": lists must come from dtp_fast::switch_lists for this weight");
+  const int64_t Hx = output_size[0], Wx = output_size[1], Hb = padded_size[0], Wb = padded_size[1];
+  const int64_t ph = padding[0], pw = padding[1];
+  TORCH_CHECK(pix_ptr.numel() == rows * Hx * Wx + 1, op, ": pix_ptr does not match rows x output size");
+  TORCH_CHECK(Hb >= ph + Hx && Wb >= pw + Wx, op, ": padded size too small for the output");
+  TORCH_CHECK(loss_from >= 0, op, ": loss_from must be >= 0");
+  std::vector<int64_t> tofs(static_cast<size_t>(KK));
+  for (int64_t kh = 0; kh < KH; ++kh)
+    for (int64_t kw = 0; kw < KW; ++kw) tofs[kh * KW + kw] = (kh * dilation[0] * Wb + kw * dilation[1]) * cxp;
+  // packed [c][kh][kw][co] working copies (co padded with zeros), A as [j][c][kh][kw][co] unpadded
+  auto packed = [&](const at::Tensor& t) {
+    at::Tensor p = at::zeros({C, KH, KW, cxp}, values.options());
+    p.narrow(3, 0, Cx).copy_(t.permute({0, 2, 3, 1}));
+    return p;
+  };
+  at::Tensor Vp = packed(weight), Bp = packed(momentum_buffer);
+  const at::Tensor Ap = A.permute({0, 1, 3, 4, 2}).contiguous();
+  at::Tensor dr = at::zeros({rows, Hb, Wb, cxp}, values.options()), wg = at::empty({C, KK, cxp}, values.options());
+  const int64_t nloss = std::max<int64_t>(0, n - loss_from);
+  std::vector<double> losses(static_cast<size_t>(nloss));
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "dtp_fast_pooled_chain_cpu", [&] {
+    chain_steps<scalar_t>(vals.const_data_ptr<scalar_t>(), n, rows * C * values.size(3) * values.size(4),
+                          pix_ptr.const_data_ptr<int32_t>(), pix_ent.const_data_ptr<int32_t>(),
+                          ch_ptr.const_data_ptr<int32_t>(), ch_ent.const_data_ptr<int32_t>(),
+                          Ap.const_data_ptr<scalar_t>(), Vp.mutable_data_ptr<scalar_t>(),
+                          Bp.mutable_data_ptr<scalar_t>(), dr.mutable_data_ptr<scalar_t>(),
+                          wg.mutable_data_ptr<scalar_t>(), losses.data(), loss_from, rows, C, KK, Cx, cxp, Hx, Wx,
+                          Hb, Wb, ph, pw, tofs.data(), scale, lr, momentum, weight_decay);
+  });
+  weight.copy_(Vp.narrow(3, 0, Cx).permute({0, 3, 1, 2}));
+  momentum_buffer.copy_(Bp.narrow(3, 0, Cx).permute({0, 3, 1, 2}));
+  return at::from_blob(losses.data(), {nloss}, at::TensorOptions().dtype(at::kDouble)).clone().to(values.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dtp_fast, CPU, m) {
   m.impl("switch_lists", &switch_lists_cpu);
   m.impl("pooled_conv_t", &pooled_conv_t_cpu);
   m.impl("pooled_wgrad", &pooled_wgrad_cpu);
+  m.impl("pooled_chain_", &pooled_chain_cpu);
 }
 
 }  // namespace dtp_fast

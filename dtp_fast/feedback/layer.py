@@ -59,8 +59,8 @@ class LayerState:
       hook may replace it by an equal tensor (the ``triton`` backend's CUDA
       graph reads it from a static buffer).
 
-    Methods for hooks: :meth:`prepare` (precompute a chunk), :meth:`chunks`,
-    :meth:`gradient`, :meth:`apply`, :meth:`conv_t`, :meth:`wgrad`, :meth:`unpool`.
+    Methods for hooks: :meth:`prepare` (precompute a chunk), :meth:`chunks`, :meth:`loss_from`,
+    :meth:`iterate`, :meth:`gradient`, :meth:`apply`, :meth:`conv_t`, :meth:`wgrad`, :meth:`unpool`.
     """
 
     def __init__(self, engine, block, index, name, hp, x, y, switches, state, noise, step, chunk, offset=0):
@@ -97,10 +97,17 @@ class LayerState:
         return (self.hp.iterations - self.next_k) * self.cost
 
     def run_chunk(self, report: str) -> None:
-        """Precompute the next chunk of iterations and run them."""
+        """Precompute the next chunk of iterations and run them (the backend's ``run_chunk`` hook)."""
         self.prepare(self.next_k)
-        for k in range(self.start, self.start + self.held):
-            self.iterate(k, report == "all" or (report == "last" and k == self.hp.iterations - 1))
+        self.engine.run_chunk(self, report)
+
+    def loss_from(self, report: str) -> int:
+        """The position in the current chunk of its first iteration whose loss is reported (``held``:
+        none)."""
+        if report == "all":
+            return 0
+        last = self.hp.iterations - 1
+        return last - self.start if report == "last" and self.start <= last < self.start + self.held else self.held
 
     def chunks(self, report: str):
         """Precompute the layer's chunks in turn, for backends that run a whole chunk in one
@@ -110,10 +117,7 @@ class LayerState:
         while k < iters:
             self.prepare(k)
             n = self.held
-            if report == "all":
-                yield k, n, 0
-            else:
-                yield k, n, n - 1 if report == "last" and k + n == iters else n
+            yield k, n, self.loss_from(report)
             k += n
             self.next_k = k
 

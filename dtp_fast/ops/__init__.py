@@ -8,7 +8,7 @@ pure-PyTorch references, one module per family (the C++ sources use the same ste
 - :mod:`.noise`: ``philox_normal_`` and its PyTorch mirror ``philox_normal``; ``philox_noisy_input``;
 - :mod:`.sgd`: ``momentum_sgd_`` (many tensors in one call);
 - :mod:`.chain`: ``ldrl_loss``, ``linear_chain_`` (the sequential chain of a feedback layer);
-- :mod:`.sparse`: ``switch_lists``, ``pooled_conv_t``, ``pooled_wgrad`` (the chain of a pooled conv
+- :mod:`.sparse`: ``switch_lists``, ``pooled_conv_t``, ``pooled_wgrad``, ``pooled_chain_`` (the chain of a pooled conv
   feedback layer from dh2 held at pooled resolution; CPU only).
 
 Each op ``x`` has its reference ``x_ref`` (``philox_normal`` for the noise), which defines
@@ -33,7 +33,8 @@ from .dh import (noisy_act_diff_philox, noisy_unpool_diff, noisy_unpool_diff_phi
 from .noise import philox4x32, philox_noisy_input, philox_noisy_input_ref, philox_normal, philox_normal_
 from .pool import act_pool2d, act_pool2d_ref, unpool2d_last_wins, unpool_act2d, unpool_act2d_ref
 from .sgd import momentum_sgd_, momentum_sgd_ref
-from .sparse import SwitchLists, interior, pooled_chain_ref, pooled_conv_t, pooled_wgrad, switch_lists, unpool2d
+from .sparse import (SwitchLists, interior, pooled_chain_, pooled_chain_ref, pooled_conv_t, pooled_wgrad, switch_lists,
+                     unpool2d)
 
 __all__ = [
     "ACTIVATIONS",
@@ -65,6 +66,7 @@ __all__ = [
     "pooled_chain_ref",
     "pooled_conv_t",
     "pooled_wgrad",
+    "pooled_chain_",
     "switch_lists",
     "unpool2d",
 ]

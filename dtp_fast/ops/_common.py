@@ -15,7 +15,8 @@ ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 IMPLS = ("auto", "compiled", "torch")
 #: Every op of dtp_fast._C (by family); dtp_fast._ext refuses a build that lacks one.
 OPS = ("act_pool2d", "unpool_act2d", "pool_unpool_diff", "noisy_unpool_diff", "noisy_unpool_diff_philox",
-       "noisy_act_diff_philox", "philox_normal_", "philox_noisy_input", "momentum_sgd_", "ldrl_loss", "linear_chain_", "switch_lists", "pooled_conv_t", "pooled_wgrad")
+       "noisy_act_diff_philox", "philox_normal_", "philox_noisy_input", "momentum_sgd_", "ldrl_loss", "linear_chain_", "switch_lists", "pooled_conv_t", "pooled_wgrad",
+       "pooled_chain_")
 #: The dtypes of the compiled kernels.
 COMPILED_DTYPES = (torch.float32, torch.float64)
 

@@ -15,6 +15,9 @@ is non-zero. The compiled ops compute both from d2 and index lists of the non-ze
     :func:`pooled_wgrad` reads); :func:`interior` is the (rows, Cx, Hx, Wx) view of dr_y in it.
 ``pooled_wgrad(values, lists, dr_pad)``
     ``wgrad(unpool(values), dr_y)``, shaped like the weight (C, Cx, KH, KW), in its channels_last layout.
+``pooled_chain_(values, lists, A, weight, momentum_buffer, ...)``
+    Every iteration of a precomputed chunk in one call: both of the above and the feedback engine's
+    momentum-SGD step of the weight, in place (the ``cpp`` backend's chain of a pooled conv layer).
 
 :func:`pooled_chain_ref` defines the results: unpool (the last window in row-major order wins where
 overlapping pools share a switch), then the dense ops. CPU only (float32, float64); the sums run in another
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from ._common import pair, require_compiled
 from .pool import unpool2d_last_wins
 
-__all__ = ["SwitchLists", "switch_lists", "pooled_conv_t", "pooled_wgrad", "interior", "unpool2d",
+__all__ = ["SwitchLists", "switch_lists", "pooled_conv_t", "pooled_wgrad", "pooled_chain_", "interior", "unpool2d",
            "pooled_chain_ref"]
 
 #: Bytes of one 512-bit vector: the kernels pad the output channels to a multiple of it.
@@ -121,6 +124,24 @@ def pooled_wgrad(values: torch.Tensor, lists: SwitchLists, dr_pad: torch.Tensor)
     return out.view(-1, KH, KW, lists.channels_padded)[..., :lists.channels_out].permute(0, 3, 1, 2)
 
 
+def pooled_chain_(values: torch.Tensor, lists: SwitchLists, A: torch.Tensor, weight: torch.Tensor,
+                  momentum_buffer: torch.Tensor, scale: float, lr: float, momentum: float, weight_decay: float,
+                  loss_from: int) -> torch.Tensor:
+    """Every iteration j of a precomputed chunk, in order, as the feedback engine runs them one by one:
+    ``dr_y = V * unpool(values[j])``, ``grad = 2 * scale * (wgrad(unpool(values[j]), dr_y) - A[j])`` (plus
+    ``weight_decay * V``), then ``buf = momentum * buf + grad; V -= lr * buf`` on ``weight`` and
+    ``momentum_buffer`` in place. values (n, rows, C, Hp, Wp), A (n, *weight.shape). Returns the losses
+    ``scale * (||dr_y||^2 - 2 <A[j], V>)`` (V before its step) of iterations ``loss_from`` .. n - 1."""
+    require_compiled("pooled_chain_")
+    if values.dim() != 5 or values.shape[1] != lists.rows:
+        raise ValueError(f"pooled_chain_: values must be (n, rows={lists.rows}, C, Hp, Wp), got {tuple(values.shape)}")
+    return torch.ops.dtp_fast.pooled_chain_(values, lists.pix_ptr, lists.pix_ent, lists.ch_ptr, lists.ch_ent, A,
+                                            weight, momentum_buffer, list(lists.output_size),
+                                            list(lists.padded_size), list(lists.padding), list(lists.dilation),
+                                            float(scale), float(lr), float(momentum), float(weight_decay),
+                                            int(loss_from))
+
+
 def unpool2d(y: torch.Tensor, indices: torch.Tensor, kernel_size, stride, padding, output_size) -> torch.Tensor:
     """``max_unpool2d`` of ``y`` at ``indices``, deterministic where overlapping windows share a switch
     (the last window in row-major order wins)."""
@@ -161,10 +182,16 @@ def _pooled_wgrad_fake(values, ch_ptr, ch_ent, dr_pad, kernel_size, dilation):
     return values.new_empty(ch_ptr.shape[0] - 1, kernel_size[0] * kernel_size[1], dr_pad.shape[3])
 
 
+def _pooled_chain_fake(values, pix_ptr, pix_ent, ch_ptr, ch_ent, A, weight, momentum_buffer, output_size,
+                       padded_size, padding, dilation, scale, lr, momentum, weight_decay, loss_from):
+    return values.new_empty(max(0, values.shape[0] - loss_from))
+
+
 #: The fake kernels of the family's compiled ops, registered by dtp_fast.ops (see its doc).
 FAKES = {
     "dtp_fast::switch_lists": _switch_lists_fake,
     "dtp_fast::pooled_conv_t": _pooled_conv_t_fake,
     "dtp_fast::pooled_wgrad": _pooled_wgrad_fake,
+    "dtp_fast::pooled_chain_": _pooled_chain_fake,
 }
 AUTOGRAD: dict = {}

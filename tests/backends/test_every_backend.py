@@ -303,19 +303,19 @@ def test_feedback_weight_decay_steps_weight_and_bias_as_reference(backend, momen
 
 def test_cpp_runs_pooled_chains_on_the_sparse_ops_and_others_dense(monkeypatch):
     """The cpp backend's chain of a pooled layer with a stride-1 feedback convolution runs on the switch-sparse
-    ops (one pooled_conv_t per iteration of such a layer, index lists built once per batch and layer); a
-    stride-2 convolution takes the dense path. Both equal reference."""
+    ops (its chunks in pooled_chain_ calls, index lists built once per batch and layer); a stride-2
+    convolution takes the dense path. Both equal reference, with one worker thread or two."""
     if "cpp" not in FAST:
         pytest.skip("cpp backend unavailable")
     from dtp_fast import ops
     from dtp_fast.blocks import from_sequential
 
-    calls = {"lists": 0, "conv_t": 0}
-    lists, conv_t = ops.switch_lists, ops.pooled_conv_t
+    calls = {"lists": 0, "chain iterations": 0}
+    lists, chain = ops.switch_lists, ops.pooled_chain_
     monkeypatch.setattr(ops, "switch_lists", lambda *a, **k: calls.__setitem__("lists", calls["lists"] + 1)
                         or lists(*a, **k))
-    monkeypatch.setattr(ops, "pooled_conv_t", lambda *a: calls.__setitem__("conv_t", calls["conv_t"] + 1)
-                        or conv_t(*a))
+    monkeypatch.setattr(ops, "pooled_chain_", lambda values, *a: calls.__setitem__(
+        "chain iterations", calls["chain iterations"] + values.shape[0]) or chain(values, *a))
     torch.manual_seed(5)
     seq = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ELU(), nn.MaxPool2d(2),           # G_0: none
                         nn.Conv2d(3, 4, 3, padding=1), nn.ELU(), nn.MaxPool2d(2),           # sparse
@@ -325,5 +325,8 @@ def test_cpp_runs_pooled_chains_on_the_sparse_ops_and_others_dense(monkeypatch):
     x = torch.randn(2, 2, 16, 16, dtype=torch.float64)
     cfg = FeedbackConfig(iterations=[5, 4, 3], lr=0.05, noise=0.2, samples=2)
     ref = _run(net, x, cfg, "reference", None, steps=2)
-    _assert_same(ref, _run(net, x, cfg, "cpp", "default", steps=2), torch.float64)
-    assert calls == {"lists": 2, "conv_t": 2 * 5}
+    for threads in (1, 2):
+        monkeypatch.setattr(get_backend("cpp"), "threads", threads)
+        calls.update({"lists": 0, "chain iterations": 0})
+        _assert_same(ref, _run(net, x, cfg, "cpp", "default", steps=2), torch.float64)
+        assert calls == {"lists": 2, "chain iterations": 2 * 5}

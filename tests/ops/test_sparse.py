@@ -132,3 +132,66 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.dtp_fast.switch_lists.default,
                           (indices, list(hw), [3, 3], list(padding), list(dilation), list(hw), copies, 16))
 
+
+
+def _chunk(name, dtype, n, seed=5):
+    """A chunk of n iterations of case ``name``: values (n, rows, C, Hp, Wp), A (n, *V), V and its momentum
+    buffer in the engine's channels_last layout, the lists and the plane."""
+    values, indices, pool, hw, weight, padding, dilation, copies = _case(name, dtype, seed)
+    g = gen(seed + 1)
+    chunk = torch.randn(n, *values.shape, generator=g, dtype=dtype)
+    A = torch.randn(n, *weight.shape, generator=g, dtype=dtype)
+    V = (0.1 * weight).contiguous(memory_format=torch.channels_last)
+    buf = (0.01 * torch.randn(weight.shape, generator=g, dtype=dtype)).contiguous(memory_format=torch.channels_last)
+    out_hw = ops.pooled_chain_ref(values, indices, pool, hw, weight, padding, dilation)[0].shape[2:]
+    return chunk, A, V, buf, _lists(indices, hw, weight, padding, dilation, copies, out_hw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("wd,loss_from", [(0.0, 0), (1e-3, 2), (0.0, 4)])
+def test_pooled_chain_runs_a_chunk_as_the_engine_runs_its_iterations(name, dtype, wd, loss_from):
+    """pooled_chain_ (the cpp backend's whole chunk in one call) against the ops iteration by iteration with the
+    engine's gradient, loss and momentum step: the weight and its buffer in place (layout kept), the losses of
+    iterations loss_from.. (4: none); A and the chunk non-contiguous for one case."""
+    impl_device(COMPILED)
+    n, scale, lr, mom = 4, 0.25, 0.05, 0.9
+    chunk, A, V, buf, lists = _chunk(name, dtype, n)
+    want_V, want_buf, want_loss = V.clone(memory_format=torch.channels_last), buf.clone(
+        memory_format=torch.channels_last), []
+    for j in range(n):
+        dr_pad = ops.pooled_conv_t(chunk[j], lists, want_V)
+        if j >= loss_from:
+            dr_y = ops.interior(dr_pad, lists)
+            want_loss.append(scale * (dr_y.pow(2).sum() - 2 * (A[j] * want_V).sum()))
+        grad = ops.pooled_wgrad(chunk[j], lists, dr_pad).sub(A[j]).mul(2 * scale)
+        if wd:
+            grad = grad.add(want_V, alpha=wd)
+        want_buf.mul_(mom).add_(grad)
+        want_V.add_(want_buf, alpha=-lr)
+    if name == "wide":   # other layouts of the inputs: the same results
+        chunk = chunk.transpose(3, 4).contiguous().transpose(3, 4)
+        A = A.contiguous(memory_format=torch.channels_last_3d) if A.dim() == 5 else A
+    got = ops.pooled_chain_(chunk, lists, A, V, buf, scale, lr, mom, wd, loss_from)
+    assert V.is_contiguous(memory_format=torch.channels_last)
+    assert_close_within(V, want_V, what=f"V {name}", **TOL[dtype])
+    assert_close_within(buf, want_buf, what=f"buffer {name}", **TOL[dtype])
+    assert got.shape == (n - loss_from,) and got.dtype == dtype
+    if want_loss:
+        assert_close_within(got, torch.stack(want_loss), what=f"losses {name}", **TOL[dtype])
+
+
+def test_pooled_chain_refuses_bad_input_and_passes_opcheck():
+    impl_device(COMPILED)
+    chunk, A, V, buf, lists = _chunk("2x2-3x3", torch.float32, 3)
+    with pytest.raises(ValueError, match="values must be"):
+        ops.pooled_chain_(chunk[0], lists, A, V, buf, 0.5, 0.1, 0.9, 0.0, 0)
+    with pytest.raises(RuntimeError, match="A must be"):
+        ops.pooled_chain_(chunk, lists, A[:2], V, buf, 0.5, 0.1, 0.9, 0.0, 0)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        ops.pooled_chain_(chunk, lists, A.double(), V, buf, 0.5, 0.1, 0.9, 0.0, 0)
+    with pytest.raises(RuntimeError, match="one shape"):
+        ops.pooled_chain_(chunk, lists, A, V, buf[:1], 0.5, 0.1, 0.9, 0.0, 0)
+    args = (chunk, lists.pix_ptr, lists.pix_ent, lists.ch_ptr, lists.ch_ent, A, V, buf, list(lists.output_size),
+            list(lists.padded_size), list(lists.padding), list(lists.dilation), 0.5, 0.1, 0.9, 1e-4, 1)
+    torch.library.opcheck(torch.ops.dtp_fast.pooled_chain_.default, args)

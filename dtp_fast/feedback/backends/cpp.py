@@ -10,7 +10,8 @@ materialised. dh2 is held at pooled resolution (as in the ``torch`` engine)
 and, where the feedback is a stride-1 transposed convolution, the chain's
 transposed convolution and weight gradient run on its non-zeros only (the
 ``sparse`` ops: one position in four behind a 2x2 pool), through index lists
-of the clean switches built once per batch and layer.
+of the clean switches built once per batch and layer, a whole precomputed chunk
+(the chain, the losses and the momentum steps) in one call (``pooled_chain_``).
 
 The noisy forward convolution, A_k and everything else are the ``torch`` engine's.
 """
@@ -45,11 +46,13 @@ class CppBackend(TorchBackend):
                                       noise.samples, noise.n * noise.samples)
 
     def dh2(self, block, y, eps, sigma, a0):
-        """act(y + sigma * eps) - a0 in one pass, the counter-based noise drawn in it."""
+        """act(y + sigma * eps) - a0 in one pass, the counter-based noise drawn in it; contiguous (what the
+        sparse chain reads)."""
         if y.dim() != 4 or not isinstance(eps.source, CounterNoise) or y.dtype not in (torch.float32, torch.float64):
             return super().dh2(block, y, eps, sigma, a0)
-        return ops.noisy_act_diff_philox(y, sigma, a0, block.act, eps.source.key(eps.step, eps.layer, eps.which),
-                                         eps.offset, eps.k0, eps.samples, eps.n * eps.samples)
+        return ops.noisy_act_diff_philox(y.contiguous(), sigma, a0.contiguous(), block.act,
+                                         eps.source.key(eps.step, eps.layer, eps.which), eps.offset, eps.k0,
+                                         eps.samples, eps.n * eps.samples)
 
     def dh1(self, block, x_noisy, h0):
         if block.pool is None:
@@ -77,6 +80,26 @@ class CppBackend(TorchBackend):
             return super().conv_chain(layer, d2)
         dr_pad = ops.pooled_conv_t(d2, layer.plan, layer.weight)
         return ops.interior(dr_pad, layer.plan), ops.pooled_wgrad(d2, layer.plan, dr_pad)
+
+    def run_chunk(self, layer, report):
+        """A pooled conv layer's whole chunk in one ``pooled_chain_`` call (the chain, the losses and the
+        momentum steps); other layers iteration by iteration."""
+        if layer.plan is None:
+            return super().run_chunk(layer, report)
+        hp = layer.hp
+        losses = ops.pooled_chain_(layer.stored, layer.plan, layer.A, layer.weight, layer.momentum_buffer,
+                                   layer.scale, hp.lr, hp.momentum, hp.weight_decay, layer.loss_from(report))
+        layer.losses.extend(losses.unbind(0))
+        layer.next_k = layer.start + layer.held
+
+    def run_interleaved(self, layers, report, reduce=None):
+        """Without a data-parallel ``reduce`` (whose collectives need every layer's iteration k before
+        k + 1) the layers are independent: one after another, chunk by chunk (``run_chunk``)."""
+        if reduce is not None:
+            return super().run_interleaved(layers, report, reduce)
+        for layer in layers:
+            while layer.next_k < layer.hp.iterations:
+                layer.run_chunk(report)
 
 
 register_backend(CppBackend(), priority=20)

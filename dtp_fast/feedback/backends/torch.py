@@ -102,6 +102,7 @@ class TorchBackend:
       :meth:`conv_precompute` (A_k and what the chain needs, conv blocks);
     - the sequential chain: :meth:`conv_chain` (dr_y and wgrad(dh2, dr_y)),
       :meth:`conv_loss`, :meth:`step_layers` (momentum steps of one iteration),
+      :meth:`run_chunk` (a layer's precomputed chunk, on CPU worker threads),
       :meth:`run_interleaved` (the whole chain of every layer);
     - :meth:`workers` (how many layers train at once on CPU threads).
 
@@ -189,6 +190,13 @@ class TorchBackend:
         m = eps.shape[0] // y.shape[0]
         h2 = ACTIVATIONS[block.act]((sigma * eps).unflatten(0, (m, -1)).add_(y))
         return h2.sub_(a0).flatten(0, 1)
+
+    def run_chunk(self, layer, report: str) -> None:
+        """Run the iterations of ``layer``'s chunk, just precomputed, in order (a hook: the ``cpp`` backend
+        runs a pooled conv layer's whole chunk in one call)."""
+        first = layer.start + layer.loss_from(report)
+        for k in range(layer.start, layer.start + layer.held):
+            layer.iterate(k, k >= first)
 
     def run_interleaved(self, layers, report: str, reduce=None) -> None:
         """Run every layer's iterations on this thread, iteration k of every layer before k + 1
