@@ -126,52 +126,35 @@ inline T fused_act(T x) {
 
 #ifdef DTP_FAST_PHILOX_AVX512
 // ELU's compaction with AVX-512 (see apply_act_aten): the values of v[0, n)
-// that are not >= 0 (negative or NaN) into out, in order (their count is
-// returned), and back into their places.
-template <typename T>
-__attribute__((target("avx512f"))) int64_t compress_not_ge0(const T* v, int64_t n, T* out) {
+// that are not >= 0 (negative or NaN), in order, into buf (GATHER; returns
+// their count), or from buf back into their places (!GATHER).
+template <bool GATHER, typename T>
+__attribute__((target("avx512f"))) int64_t compact_not_ge0(T* v, int64_t n, T* buf) {
   constexpr int64_t L = 64 / sizeof(T);
   int64_t len = 0, i = 0;
   for (; i + L <= n; i += L) {
     if constexpr (sizeof(T) == 4) {
       const __m512 x = _mm512_loadu_ps(v + i);
       const __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NGE_UQ);
-      _mm512_mask_compressstoreu_ps(out + len, m, x);
+      if constexpr (GATHER) _mm512_mask_compressstoreu_ps(buf + len, m, x);
+      else _mm512_storeu_ps(v + i, _mm512_mask_expandloadu_ps(x, m, buf + len));
       len += __builtin_popcount(m);
     } else {
       const __m512d x = _mm512_loadu_pd(v + i);
       const __mmask8 m = _mm512_cmp_pd_mask(x, _mm512_setzero_pd(), _CMP_NGE_UQ);
-      _mm512_mask_compressstoreu_pd(out + len, m, x);
+      if constexpr (GATHER) _mm512_mask_compressstoreu_pd(buf + len, m, x);
+      else _mm512_storeu_pd(v + i, _mm512_mask_expandloadu_pd(x, m, buf + len));
       len += __builtin_popcount(m);
     }
   }
   for (; i < n; ++i) {
-    out[len] = v[i];
-    len += !(v[i] >= T(0));
+    if (!(v[i] >= T(0))) {
+      if constexpr (GATHER) buf[len] = v[i];
+      else v[i] = buf[len];
+      ++len;
+    }
   }
   return len;
-}
-
-template <typename T>
-__attribute__((target("avx512f"))) void expand_not_ge0(T* v, int64_t n, const T* in) {
-  constexpr int64_t L = 64 / sizeof(T);
-  int64_t pos = 0, i = 0;
-  for (; i + L <= n; i += L) {
-    if constexpr (sizeof(T) == 4) {
-      const __m512 x = _mm512_loadu_ps(v + i);
-      const __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NGE_UQ);
-      _mm512_storeu_ps(v + i, _mm512_mask_expandloadu_ps(x, m, in + pos));
-      pos += __builtin_popcount(m);
-    } else {
-      const __m512d x = _mm512_loadu_pd(v + i);
-      const __mmask8 m = _mm512_cmp_pd_mask(x, _mm512_setzero_pd(), _CMP_NGE_UQ);
-      _mm512_storeu_pd(v + i, _mm512_mask_expandloadu_pd(x, m, in + pos));
-      pos += __builtin_popcount(m);
-    }
-  }
-  for (; i < n; ++i) {
-    if (!(v[i] >= T(0))) v[i] = in[pos++];
-  }
 }
 #endif
 
@@ -199,10 +182,10 @@ void apply_act_aten(scalar_t* v, int64_t count, int64_t act, scalar_t* scratch,
   if (act == kActElu && have_avx512()) {
     for (int64_t i0 = 0; i0 < count; i0 += kActChunk) {
       const int64_t n = std::min(kActChunk, count - i0);
-      const int64_t len = compress_not_ge0(v + i0, n, scratch);
+      const int64_t len = compact_not_ge0<true>(v + i0, n, scratch);
       if (len > 0) {
         run(len);
-        expand_not_ge0(v + i0, n, scratch);
+        compact_not_ge0<false>(v + i0, n, scratch);
       }
     }
     return;

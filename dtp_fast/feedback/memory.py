@@ -139,8 +139,9 @@ def plan_chunk(blocks, names, hparams, batch: int, element_size: int, budget: in
     """The number of iterations every layer precomputes at once (at most its entry in ``targets``, when
     given: a layer's chunk is ``min(n, targets[i])``): the largest n whose chunks fit in ``budget`` bytes
     (None: no limit) with ``workers`` layers precomputing at the same time."""
-    most = max((min(hp.iterations, hp.iterations if targets is None else t)
-                for hp, t in zip(hparams, targets or hparams)), default=0)
+    caps = [hp.iterations for hp in hparams] if targets is None else [
+        min(hp.iterations, t) for hp, t in zip(hparams, targets)]
+    most = max(caps, default=0)
     if budget is None:
         return max(1, most)
     need = minimum_memory_budget(blocks, hparams, batch, element_size, workers)

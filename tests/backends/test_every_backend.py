@@ -83,6 +83,7 @@ def test_cpu_chunks_are_per_layer_short_for_large_layers_long_for_small(monkeypa
         assert 1 <= t <= h.iterations
         assert t == h.iterations or t == memory.CPU_AUTO_ITERATIONS or (t - 1) * k < memory.CPU_CHUNK_BYTES <= t * k
     assert targets[3] > 10 * targets[0]                                             # conv_4: long chunks
+    assert targets == [2, 4, 13, 32, 20]                                            # as README states
     assert plan_chunk(blocks, names, hp, 32, 4, None, 2, targets) == max(targets)
     three = chunk_memory_budget(3, blocks, hp, 32, 4, 2, targets)
     assert three < chunk_memory_budget(3, blocks, hp, 32, 4, 2)

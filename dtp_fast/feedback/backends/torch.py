@@ -241,7 +241,7 @@ class TorchBackend:
         # collectives run in the same order on every process: one thread, layers interleaved
         workers = 1 if reduce is not None else self.workers(x0.device, hparams, budget, blocks, batch, esize)
         chunk = plan_chunk(blocks, names, hparams, batch, esize, budget, workers, targets)
-        chunks = [chunk if targets is None else min(chunk, t) for t in (targets or hparams)]
+        chunks = [chunk] * len(hparams) if targets is None else [min(chunk, t) for t in targets]
         with torch.no_grad():
             layers = [LayerState(self, b, i, name, hp, acts[i - 1], acts[i], switches[i], state, noise, step,
                                  chunks[i - 1], sample_offset)
