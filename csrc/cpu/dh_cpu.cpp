@@ -22,12 +22,14 @@
 // like unpool_act2d, so its writes are kept in that order.
 //
 // Activations, bit for bit:
-// - ACT applied to z1 before pooling (op 1): ELU and tanh run first through
-//   ATen on the whole z1 (at::elu(z1) / at::tanh(z1)), the very call of
-//   F.elu(z1) in the reference, so the pooled values and the ties (ELU
-//   saturates to -1) are bit for bit the reference's. ReLU and identity are
-//   exact and fused into the scan.
-// - ACT applied to the unpooled values (both ops): ELU and tanh are computed
+// - ACT applied to z1 before pooling (op 1): tanh runs first through ATen on
+//   the whole z1 (at::tanh(z1), the very call of the reference). ELU only
+//   where it can change the pooling: the scan runs on z1 and the windows whose
+//   maximum is not > 0 are pooled again on ATen's vectorised ELU of their
+//   members (pool_elu_windows), with the ties of ELU's saturation at -1 bit
+//   for bit. ReLU and identity are exact and fused into the scan.
+// - ACT applied to the unpooled values (both ops), and ELU of the members of
+//   the windows pooled again (op 1): ELU and tanh are computed
 //   by ATen's vectorised kernel on small buffers of pending writes, padded to
 //   a multiple of kVecPad so that no value falls into ATen's scalar remainder
 //   loop. ATen's CPU ELU is not a pure function of its input: the SIMD lanes
@@ -58,6 +60,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -125,9 +128,27 @@ inline T fused_act(T x) {
 }
 
 #ifdef DTP_FAST_PHILOX_AVX512
+// The lanes m of x, in order, to dst (compressed in a register and stored
+// whole: up to a vector past the last lane is overwritten; compressing to
+// memory is several times slower on some CPUs), and back: dst's next lanes
+// into the lanes m of x (a whole vector read).
+__attribute__((target("avx512f"))) inline void compress_store(float* dst, __mmask16 m, __m512 x) {
+  _mm512_storeu_ps(dst, _mm512_maskz_compress_ps(m, x));
+}
+__attribute__((target("avx512f"))) inline void compress_store(double* dst, __mmask8 m, __m512d x) {
+  _mm512_storeu_pd(dst, _mm512_maskz_compress_pd(m, x));
+}
+__attribute__((target("avx512f"))) inline __m512 expand_load(__m512 x, __mmask16 m, const float* src) {
+  return _mm512_mask_expand_ps(x, m, _mm512_loadu_ps(src));
+}
+__attribute__((target("avx512f"))) inline __m512d expand_load(__m512d x, __mmask8 m, const double* src) {
+  return _mm512_mask_expand_pd(x, m, _mm512_loadu_pd(src));
+}
+
 // ELU's compaction with AVX-512 (see apply_act_aten): the values of v[0, n)
 // that are not >= 0 (negative or NaN), in order, into buf (GATHER; returns
-// their count), or from buf back into their places (!GATHER).
+// their count; buf has a vector of room past n), or from buf back into their
+// places (!GATHER).
 template <bool GATHER, typename T>
 __attribute__((target("avx512f"))) int64_t compact_not_ge0(T* v, int64_t n, T* buf) {
   constexpr int64_t L = 64 / sizeof(T);
@@ -136,14 +157,14 @@ __attribute__((target("avx512f"))) int64_t compact_not_ge0(T* v, int64_t n, T* b
     if constexpr (sizeof(T) == 4) {
       const __m512 x = _mm512_loadu_ps(v + i);
       const __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NGE_UQ);
-      if constexpr (GATHER) _mm512_mask_compressstoreu_ps(buf + len, m, x);
-      else _mm512_storeu_ps(v + i, _mm512_mask_expandloadu_ps(x, m, buf + len));
+      if constexpr (GATHER) compress_store(buf + len, m, x);
+      else _mm512_storeu_ps(v + i, expand_load(x, m, buf + len));
       len += __builtin_popcount(m);
     } else {
       const __m512d x = _mm512_loadu_pd(v + i);
       const __mmask8 m = _mm512_cmp_pd_mask(x, _mm512_setzero_pd(), _CMP_NGE_UQ);
-      if constexpr (GATHER) _mm512_mask_compressstoreu_pd(buf + len, m, x);
-      else _mm512_storeu_pd(v + i, _mm512_mask_expandloadu_pd(x, m, buf + len));
+      if constexpr (GATHER) compress_store(buf + len, m, x);
+      else _mm512_storeu_pd(v + i, expand_load(x, m, buf + len));
       len += __builtin_popcount(m);
     }
   }
@@ -158,6 +179,25 @@ __attribute__((target("avx512f"))) int64_t compact_not_ge0(T* v, int64_t n, T* b
 }
 #endif
 
+// ELU or tanh in place on v[0, count) through ATen's vectorised CPU kernel,
+// in calls of at most kActChunk values zero-padded to a multiple of kVecPad
+// (v has room for the padding).
+template <typename scalar_t>
+void act_aten_padded(scalar_t* v, int64_t count, int64_t act) {
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  for (int64_t i0 = 0; i0 < count; i0 += kActChunk) {
+    const int64_t len = std::min(kActChunk, count - i0);
+    const int64_t padded = (len + kVecPad - 1) / kVecPad * kVecPad;
+    std::fill(v + i0 + len, v + i0 + padded, scalar_t(0));
+    at::Tensor t = at::from_blob(v + i0, {padded}, options);
+    if (act == kActElu) {
+      at::elu_(t);
+    } else {
+      at::tanh_(t);
+    }
+  }
+}
+
 // Applies ELU or tanh in place to v[0, count) through ATen's vectorised CPU
 // kernel (see the note at the top). ELU only touches the values that are not
 // >= 0 (ELU(v) == v exactly there), gathered into `scratch` (kActChunk
@@ -166,18 +206,7 @@ __attribute__((target("avx512f"))) int64_t compact_not_ge0(T* v, int64_t n, T* b
 template <typename scalar_t>
 void apply_act_aten(scalar_t* v, int64_t count, int64_t act, scalar_t* scratch,
                     int64_t* where) {
-  const auto options =
-      at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
-  auto run = [&](int64_t len) {
-    const int64_t padded = (len + kVecPad - 1) / kVecPad * kVecPad;
-    std::fill(scratch + len, scratch + padded, scalar_t(0));
-    at::Tensor t = at::from_blob(scratch, {padded}, options);
-    if (act == kActElu) {
-      at::elu_(t);
-    } else {
-      at::tanh_(t);
-    }
-  };
+  auto run = [&](int64_t len) { act_aten_padded(scratch, len, act); };
 #ifdef DTP_FAST_PHILOX_AVX512
   if (act == kActElu && have_avx512()) {
     for (int64_t i0 = 0; i0 < count; i0 += kActChunk) {
@@ -221,21 +250,45 @@ void apply_act_aten(scalar_t* v, int64_t count, int64_t act, scalar_t* scratch,
   }
 }
 
+// An uninitialised array (a std::vector would zero it on every call).
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T[]> p;
+  void resize(int64_t n) { p.reset(new T[n]); }
+  T* data() { return p.get(); }
+  T& operator[](int64_t i) { return p[i]; }
+};
+
 // Per-thread buffers of a group of samples.
 template <typename scalar_t>
 struct GroupBuffers {
-  std::vector<scalar_t> val;             // pooled (op 1) / noisy (op 2) values
-  std::vector<WinPos<scalar_t>> pos;     // op 1: argmax position in its window
-  std::vector<scalar_t> scratch;         // ATen activation calls
-  std::vector<int64_t> where;
-  GroupBuffers(int64_t capacity, bool with_pos, bool with_act) {
+  Buffer<scalar_t> val;             // pooled (op 1) / noisy (op 2) values
+  Buffer<WinPos<scalar_t>> pos;     // op 1: argmax position in its window
+  Buffer<scalar_t> scratch;         // ATen activation calls
+  Buffer<int64_t> where;
+  // op 1 with ELU (pool_elu_windows): the windows pooled again, their members
+  // (member k of window j at members[k * stride + j]; the stride leaves room
+  // for padding and compress_store) and counts (portable path), new maxima
+  Buffer<scalar_t> members, new_val;
+  Buffer<WinPos<scalar_t>> count, new_pos;
+  Buffer<int64_t> slow;             // their buffer indices (portable path)
+  int64_t capacity, stride;
+  GroupBuffers(int64_t capacity, bool with_pos, bool with_act, int64_t window = 0)
+      : capacity(capacity), stride((capacity + kVecPad - 1) / kVecPad * kVecPad + kVecPad) {
     val.resize(capacity);
     if (with_pos) {
       pos.resize(capacity);
     }
-    if (with_act) {
-      scratch.resize(kActChunk);
+    if (with_act || window > 0) {
+      scratch.resize(kActChunk + kVecPad);  // + room for compress_store
       where.resize(kActChunk);
+    }
+    if (window > 0) {
+      members.resize(window * stride);
+      new_val.resize(capacity + kVecPad);  // + room for expand_load
+      count.resize(capacity);
+      new_pos.resize(capacity + kVecPad);
+      slow.resize(capacity);
     }
   }
 };
@@ -576,9 +629,182 @@ void scatter_maxima(scalar_t* on, const scalar_t* hn, const PoolUnpoolArgs& p,
   }
 }
 
+// ELU before the pool (op 1): the scans run on z1 itself, then the windows
+// whose maximum is not > 0 (every member <= 0, or a NaN) are pooled again on
+// the ELU of their members. A window whose maximum z is > 0 needs no ELU:
+// ELU(z) == z exactly for z > 0 and every other member maps to at most 0, so
+// its maximum, the maximum's first position and its value are those of z.
+// The others (a tenth to a quarter of the windows behind the conv layers of
+// the paper's networks) gather their members, take ATen's vectorised ELU
+// (apply_act_aten) and are pooled again with the scans' tie rules: ELU runs on
+// their members only, not on all of z1.
+
+// Window j's maximum over its members k < count[j] (members[k * stride + j];
+// count null: all `window` of them) and its position, into mv[j], mk[j].
+template <typename T, typename K>
+void pool_members(const T* members, int64_t stride, const K* count, int64_t window, T* mv, K* mk, int64_t len) {
+  reset_maxima(mv, mk, len);
+  for (int64_t k = 0; k < window; ++k) {
+    const T* src = members + k * stride;
+    if (count == nullptr) {
+      take_maxima(mv, mk, src, 1, K(k), len);
+      continue;
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      const T v = src[j];
+      const bool take = (K(k) < count[j]) & ((v > mv[j]) | (v != v));  // first max wins; NaN wins
+      mv[j] = take ? v : mv[j];
+      mk[j] = take ? K(k) : mk[j];
+    }
+  }
+}
+
+// Any layout and windows: the members of the windows of one sample (buffer
+// index base + i) whose maximum is not > 0, appended from slot len on; returns
+// the new len.
+template <typename scalar_t>
+int64_t gather_windows(const scalar_t* an, const PoolUnpoolArgs& p, const scalar_t* val, int64_t base,
+                       GroupBuffers<scalar_t>& buf, int64_t len) {
+  const PoolGeometry& g = p.g;
+  const int64_t stride = buf.stride;
+  auto visit = [&](int64_t i, int64_t c, const Window& w) {
+    if (val[i] > scalar_t(0)) {
+      return;
+    }
+    WinPos<scalar_t> k = 0;
+    for (int64_t ih = w.ih0; ih < w.ih1; ++ih) {
+      for (int64_t iw = w.iw0; iw < w.iw1; ++iw, ++k) {
+        buf.members[k * stride + len] = an[c * p.as.c + ih * p.as.h + iw * p.as.w];
+      }
+    }
+    buf.count[len] = k;
+    buf.slow[len++] = base + i;
+  };
+  int64_t i = 0;
+  if (p.channels_inner) {
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const Window w = window_of(g, oh, ow);
+        for (int64_t c = 0; c < p.C; ++c) visit(i++, c, w);
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < p.C; ++c) {
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) visit(i++, c, window_of(g, oh, ow));
+      }
+    }
+  }
+  return len;
+}
+
+#ifdef DTP_FAST_PHILOX_AVX512
+// Channels innermost with unit stride, windows that tile the plane: one vector
+// of channels of a window position at a time, the windows to pool again picked
+// by a mask. GATHER: their members compressed into buf.members from slot len
+// on (every window has all its members); else their new maxima (buf.new_val /
+// new_pos from slot len on) expanded
+// into val / pos. Returns the new len.
+template <bool GATHER, typename T>
+__attribute__((target("avx512f"))) int64_t windows_avx512(const T* an, const PoolUnpoolArgs& p, T* val,
+                                                          WinPos<T>* pos, GroupBuffers<T>& buf, int64_t len) {
+  constexpr int64_t L = 64 / sizeof(T);
+  const PoolGeometry& g = p.g;
+  const int64_t C = p.C, stride = buf.stride;
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      const int64_t i0 = (oh * g.OW + ow) * C;
+      for (int64_t c = 0; c < C; c += L) {
+        const unsigned tail = C - c >= L ? (1u << L) - 1 : (1u << (C - c)) - 1;
+        unsigned m;
+        if constexpr (sizeof(T) == 4) {
+          m = _mm512_mask_cmp_ps_mask(tail, _mm512_maskz_loadu_ps(tail, val + i0 + c), _mm512_setzero_ps(),
+                                      _CMP_NGT_UQ);
+        } else {
+          m = _mm512_mask_cmp_pd_mask(tail, _mm512_maskz_loadu_pd(tail, val + i0 + c), _mm512_setzero_pd(),
+                                      _CMP_NGT_UQ);
+        }
+        if (m == 0) {
+          continue;
+        }
+        if constexpr (GATHER) {
+          for (int64_t dh = 0, k = 0; dh < g.kH; ++dh) {
+            for (int64_t dw = 0; dw < g.kW; ++dw, ++k) {
+              const T* src = an + (oh * g.kH + dh) * p.as.h + (ow * g.kW + dw) * p.as.w + c;
+              if constexpr (sizeof(T) == 4) {
+                compress_store(buf.members.data() + k * stride + len, m, _mm512_maskz_loadu_ps(m, src));
+              } else {
+                compress_store(buf.members.data() + k * stride + len, m, _mm512_maskz_loadu_pd(m, src));
+              }
+            }
+          }
+        } else if constexpr (sizeof(T) == 4) {
+          _mm512_mask_storeu_ps(val + i0 + c, m, _mm512_maskz_expand_ps(m, _mm512_loadu_ps(buf.new_val.data() + len)));
+          _mm512_mask_storeu_epi32(pos + i0 + c, m,
+                                   _mm512_maskz_expand_epi32(m, _mm512_loadu_si512(buf.new_pos.data() + len)));
+        } else {
+          _mm512_mask_storeu_pd(val + i0 + c, m, _mm512_maskz_expand_pd(m, _mm512_loadu_pd(buf.new_val.data() + len)));
+          _mm512_mask_storeu_epi64(pos + i0 + c, m,
+                                   _mm512_maskz_expand_epi64(m, _mm512_loadu_si512(buf.new_pos.data() + len)));
+        }
+        len += __builtin_popcount(m);
+      }
+    }
+  }
+  return len;
+}
+#endif
+
+// The group's samples n0 .. n1 - 1, scanned on z1 (val / pos in buffer order,
+// `pooled` per sample): their windows whose maximum is not > 0 pooled again on
+// ELU(z1), and ELU applied to every maximum (the activation after the
+// unpooling, which only changes those).
+template <typename scalar_t>
+void pool_elu_windows(const scalar_t* a, const PoolUnpoolArgs& p, int64_t n0, int64_t n1, int64_t pooled,
+                      GroupBuffers<scalar_t>& buf) {
+  const int64_t window = p.g.kH * p.g.kW, stride = buf.stride;
+  bool vec = false;
+#ifdef DTP_FAST_PHILOX_AVX512
+  vec = p.channels_inner && p.tiling && p.as.c == 1 && have_avx512();
+#endif
+  auto pass = [&](auto gather, int64_t len) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const int64_t base = (n - n0) * pooled;
+#ifdef DTP_FAST_PHILOX_AVX512
+      if (vec) {
+        len = windows_avx512<decltype(gather)::value>(a + n * p.as.n, p, buf.val.data() + base,
+                                                      buf.pos.data() + base, buf, len);
+        continue;
+      }
+#endif
+      len = gather_windows(a + n * p.as.n, p, buf.val.data() + base, base, buf, len);
+    }
+    return len;
+  };
+  const int64_t len = pass(std::true_type{}, 0);
+  if (len == 0) {
+    return;
+  }
+  for (int64_t k = 0; k < window; ++k) {  // members are <= 0 or NaN, or unused: no compaction
+    act_aten_padded(buf.members.data() + k * stride, len, kActElu);
+  }
+  pool_members(buf.members.data(), stride, vec ? nullptr : buf.count.data(), window, buf.new_val.data(),
+               buf.new_pos.data(), len);
+  // and the ELU after the unpooling: of these maxima only (the others are > 0)
+  act_aten_padded(buf.new_val.data(), len, kActElu);
+  if (vec) {
+    pass(std::false_type{}, 0);
+    return;
+  }
+  for (int64_t j = 0; j < len; ++j) {
+    buf.val[buf.slow[j]] = buf.new_val[j];
+    buf.pos[buf.slow[j]] = buf.new_pos[j];
+  }
+}
+
 template <typename scalar_t, int64_t ACT>
 void pool_unpool_diff_kernel(const scalar_t* a, scalar_t* out, const scalar_t* h0,
-                             const PoolUnpoolArgs& p, int64_t post_act) {
+                             const PoolUnpoolArgs& p, int64_t post_act, bool elu_windows) {
   const PoolGeometry& g = p.g;
   const int64_t pooled = p.C * g.OH * g.OW;
   const int64_t work = p.C * g.H * g.W + pooled * g.kH * g.kW;
@@ -588,7 +814,8 @@ void pool_unpool_diff_kernel(const scalar_t* a, scalar_t* out, const scalar_t* h
   at::parallel_for(0, p.N, sample_grain(work), [&](int64_t begin, int64_t end) {
     const int64_t per_group =
         std::max<int64_t>(1, kGroupPooled / std::max<int64_t>(1, pooled));
-    GroupBuffers<scalar_t> buf(std::min(end - begin, per_group) * pooled, true, post);
+    GroupBuffers<scalar_t> buf(std::min(end - begin, per_group) * pooled, true, post,
+                               elu_windows ? g.kH * g.kW : 0);
     std::vector<int64_t> tile(2 * g.kH * g.kW);  // see scatter_tiles_planes
     for (int64_t dh = 0, k = 0; dh < g.kH; ++dh) {
       for (int64_t dw = 0; dw < g.kW; ++dw, ++k) {
@@ -621,7 +848,9 @@ void pool_unpool_diff_kernel(const scalar_t* a, scalar_t* out, const scalar_t* h
           scan_channels_last<scalar_t, ACT, false>(an, p, val, pos);
         }
       }
-      if (post) {
+      if (elu_windows) {  // ELU before the pool and after the unpooling
+        pool_elu_windows(a, p, n0, n1, pooled, buf);
+      } else if (post) {
         apply_act_aten(buf.val.data(), (n1 - n0) * pooled, post_act,
                        buf.scratch.data(), buf.where.data());
       }
@@ -823,18 +1052,16 @@ at::Tensor pool_unpool_diff_cpu(const at::Tensor& z1, const at::Tensor& h0,
   if (out.numel() == 0) {
     return out;
   }
-  // ELU and tanh of z1 through ATen, on z1 itself, as the reference's
-  // F.elu(z1) / torch.tanh(z1). When out has the strides of z1 (a dense z1),
-  // the activation goes straight into out: the same iteration, so the same
-  // bits, without a temporary (each sample is scanned before it is written).
+  // tanh of z1 through ATen, on z1 itself, as the reference's torch.tanh(z1).
+  // When out has the strides of z1 (a dense z1), the activation goes straight
+  // into out without a temporary (each sample is scanned before it is
+  // written). ELU: the scan on z1, then pool_elu_windows.
   at::Tensor a = z1;
   int64_t scan_act = act;
+  if (act == kActTanh) {
+    a = out.strides() == z1.strides() ? at::tanh_out(out, z1) : at::tanh(z1);
+  }
   if (act == kActElu || act == kActTanh) {
-    if (out.strides() == z1.strides()) {
-      a = act == kActElu ? at::elu_out(out, z1) : at::tanh_out(out, z1);
-    } else {
-      a = act == kActElu ? at::elu(z1) : at::tanh(z1);
-    }
     scan_act = kActIdentity;
   }
   PoolUnpoolArgs p{strides_of(a), strides_of(out), strides_of(h0), N, B, C, g,
@@ -844,7 +1071,7 @@ at::Tensor pool_unpool_diff_cpu(const at::Tensor& z1, const at::Tensor& h0,
     dispatch_scan_act(scan_act, [&](auto act_c) {
       pool_unpool_diff_kernel<scalar_t, decltype(act_c)::value>(
           a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-          h0.const_data_ptr<scalar_t>(), p, act);
+          h0.const_data_ptr<scalar_t>(), p, act, act == kActElu);
     });
   });
   return out;

@@ -11,8 +11,8 @@ its comparison rule (``_check``):
   its CPU ELU computes the scalar remainder of each thread's chunk (the last n % (2 * vector width)
   elements) with std::expm1 instead of the vectorised Sleef expm1 of all other elements, and the two
   differ by one ulp on some negative inputs. The kernels use the vectorised ELU for every element. So
-  the compiled ops are compared bit for bit with an oracle (the reference with the activation after the
-  unpooling applied through ATen's vectorised path for every element), and with the literal reference
+  the compiled ops are compared bit for bit with an oracle (the reference with ELU before the pool and
+  the activation after the unpooling applied through ATen's vectorised path for every element), and with the literal reference
   everywhere except where the reference itself differs from that oracle (then by at most an ulp);
 - cuda: bit for bit for identity / ReLU; torch's default float tolerance for ELU / tanh, which come
   from CUDA's libdevice (expm1f / tanhf) rather than ATen's CUDA kernels or the CPU's Sleef; against
@@ -81,7 +81,10 @@ def _act_vectorised(x, act):
 
 def _oracle_pool(z1, h0, act, pool):
     M = z1.shape[0] // h0.shape[0]
-    y1, i1 = ops.act_pool2d_ref(z1, act, *pool)  # F.elu(z1) as the kernel
+    if act == "elu":  # the vectorised ELU before the pool too (of the members of the windows that need it)
+        y1, i1 = ops.act_pool2d_ref(_act_vectorised(z1, act), "identity", *pool)
+    else:
+        y1, i1 = ops.act_pool2d_ref(z1, act, *pool)
     u = ops.unpool2d_last_wins(y1, i1, z1.shape[2:])
     return _act_vectorised(u, act) - h0.repeat(M, 1, 1, 1)
 
@@ -93,9 +96,11 @@ def _oracle_noisy(y, eps, sigma, indices, h0, act, size):
     return _act_vectorised(u, act) - h0.repeat(M, 1, 1, 1)
 
 
-def _check_against(out, ref, oracle, act):
+def _check_against(out, ref, oracle, act, pool=False):
     """out == oracle bit for bit; out == ref except where ATen's ELU of the
-    reference took its scalar remainder path (then within an ulp)."""
+    reference took its scalar remainder path (then within an ulp, unless that
+    ulp broke a tie of ELU's saturation before a ``pool`` differently: then a
+    switch moved)."""
     assert_exact(out, oracle)
     differ = ~((out == ref) | (out.isnan() & ref.isnan()))
     if act != "elu":
@@ -103,8 +108,8 @@ def _check_against(out, ref, oracle, act):
         return
     ref_own = ~((ref == oracle) | (ref.isnan() & oracle.isnan()))
     assert not (differ & ~ref_own).any(), "differences outside ATen's ELU remainder positions"
-    assert int(differ.sum()) <= 64
-    torch.testing.assert_close(out, ref, equal_nan=True)  # one ulp: within torch's default float tolerance
+    if not pool:
+        torch.testing.assert_close(out, ref, equal_nan=True)  # one ulp: within torch's default float tolerance
 
 
 def _close_libdevice(a, b, act):
@@ -116,10 +121,10 @@ def _close_libdevice(a, b, act):
         torch.testing.assert_close(a, b, equal_nan=True)
 
 
-def _check(impl, out, ref, act, dtype, oracle=None, what=""):
+def _check(impl, out, ref, act, dtype, oracle=None, what="", pool=False):
     """``out`` of ``impl`` against the reference ``ref`` (same device) with the rule of ``impl``."""
     if impl == COMPILED:
-        _check_against(out, ref, oracle, act)
+        _check_against(out, ref, oracle, act, pool)
     elif impl == CUDA:
         _close_libdevice(out, ref, act)
     else:
@@ -177,7 +182,7 @@ def test_pool_unpool_diff_matches_ref(impl, dtype, act, pool, shape, M, z_layout
     assert out.device == z1.device and out.is_contiguous(memory_format=memory_format_of(z1))
     assert ref.stride() == out.stride()
     _check(impl, out, ref, act, dtype, _oracle_pool(z1, h0, act, pool) if impl == COMPILED else None,
-           "dh1 %s %s" % (act, z_layout))
+           "dh1 %s %s" % (act, z_layout), pool=True)
     if impl == CUDA:
         _close_libdevice(out.cpu(), ops.pool_unpool_diff(z1.cpu(), h0.cpu(), act, *pool, impl="compiled"), act)
         assert_exact(out, _dh1(impl, z1, h0, act, pool))  # deterministic
@@ -196,7 +201,7 @@ def test_pool_unpool_diff_ties_nan_inf(impl, pool):
         out = _dh1(impl, z1.to(device), h0.to(device), act, pool).cpu()
         # a wrong switch would be far off
         _check(impl, out, ops.pool_unpool_diff_ref(z1, h0, act, *pool), act, torch.float32,
-               _oracle_pool(z1, h0, act, pool) if impl == COMPILED else None, "dh1 ties %s" % act)
+               _oracle_pool(z1, h0, act, pool) if impl == COMPILED else None, "dh1 ties %s" % act, pool=True)
 
 
 @pytest.mark.parametrize("impl", impls(COMPILED, TRITON))
@@ -207,13 +212,13 @@ def test_pool_unpool_diff_batch_one_odd_planes(impl, pool):
     _, _, h0 = _switches((1, 2, 5, 11), pool, "elu", torch.float32, seed=32)
     out = _dh1(impl, z1.to(device), h0.to(device), "elu", pool).cpu()
     _check(impl, out, ops.pool_unpool_diff_ref(z1, h0, "elu", *pool), "elu", torch.float32,
-           _oracle_pool(z1, h0, "elu", pool) if impl == COMPILED else None, "dh1 batch 1")
+           _oracle_pool(z1, h0, "elu", pool) if impl == COMPILED else None, "dh1 batch 1", pool=True)
 
 
 def _run_pool(z1, h0, act, pool, expect_format):
     out = ops.pool_unpool_diff(z1, h0, act, *pool, impl="compiled")
     ref = ops.pool_unpool_diff_ref(z1, h0, act, *pool)
-    _check_against(out, ref, _oracle_pool(z1, h0, act, pool), act)
+    _check_against(out, ref, _oracle_pool(z1, h0, act, pool), act, pool=True)
     assert out.is_contiguous(memory_format=expect_format)
     assert ref.stride() == out.stride()
     return out
