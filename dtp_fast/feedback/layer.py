@@ -195,8 +195,16 @@ class LayerState:
 
     def wgrad(self, inp, grad_out):
         """Weight gradient of conv_transpose2d(inp, V) given grad_out: by adjointness,
-        the weight gradient of conv2d(grad_out, V) given inp."""
+        the weight gradient of conv2d(grad_out, V) given inp.
+
+        On a CPU, for planes with fewer positions than the kernel has taps (most taps then
+        fall on the zero border: conv_4 of SimpleVGG, 2x2), one matrix product over the
+        patches of grad_out instead: oneDNN's weight gradient runs at about half the speed
+        of the product there."""
         g = self.block.g_op
+        kh, kw = g.kernel_size
+        if inp.device.type == "cpu" and g.groups == 1 and inp.shape[2] * inp.shape[3] < kh * kw:
+            return _wgrad_patches(inp, grad_out, kh, kw, g.stride, g.padding, g.dilation)
         return torch.ops.aten.convolution_backward(
             inp, grad_out, self.weight, None, g.stride, g.padding, g.dilation, False, [0, 0], 1,
             [False, True, False])[1]
@@ -228,3 +236,18 @@ class LayerState:
         self.momentum_buffer.mul_(hp.momentum).add_(grad)
         V.add_(self.momentum_buffer, alpha=-hp.lr)
         self.next_k = k + 1
+
+
+def _wgrad_patches(out_grad, x, kh, kw, stride, padding, dilation):
+    """The weight gradient of conv2d(x, W) (one group) given the gradient of its output,
+    as (out_grad as rows) ^ T @ (the kh x kw patches of x as rows): (C_out, C_in, kh, kw)
+    in channels_last strides, the layout of the feedback weight."""
+    n, c_in, h, w = x.shape
+    c_out, oh, ow = out_grad.shape[1:]
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = x.new_zeros(n, h + 2 * ph, w + 2 * pw, c_in)
+    xp[:, ph:ph + h, pw:pw + w].copy_(x.permute(0, 2, 3, 1))
+    s_n, s_h, s_w, s_c = xp.stride()
+    patches = xp.as_strided((n, oh, ow, kh, kw, c_in), (s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c))
+    rows = out_grad.permute(0, 2, 3, 1).reshape(n * oh * ow, c_out)
+    return (rows.t() @ patches.reshape(n * oh * ow, kh * kw * c_in)).view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)

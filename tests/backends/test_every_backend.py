@@ -64,6 +64,49 @@ def test_batch_one_noncontiguous_and_default_chunking(backend, pool):
     _assert_same(ref, _run(net, x, cfg, backend, "default"), torch.float64)
 
 
+@pytest.mark.parametrize("geometry", [
+    dict(n=3, c_in=5, c_out=7, hw=(2, 2), k=3, stride=1, padding=1, dilation=1),   # SimpleVGG's conv_4
+    dict(n=1, c_in=3, c_out=2, hw=(2, 3), k=5, stride=1, padding=2, dilation=1),
+    dict(n=2, c_in=4, c_out=6, hw=(1, 3), k=3, stride=1, padding=1, dilation=1),
+    dict(n=2, c_in=3, c_out=4, hw=(4, 3), k=3, stride=2, padding=1, dilation=1),
+    dict(n=2, c_in=3, c_out=4, hw=(5, 4), k=3, stride=1, padding=2, dilation=2)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_small_plane_weight_gradient_is_the_patch_product(geometry, dtype):
+    """Where a plane has fewer positions than the kernel taps, LayerState.wgrad takes the patch product: the
+    weight gradient of conv2d (any stride, padding, dilation), from strided views, in V's layout."""
+    from dtp_fast.feedback.layer import _wgrad_patches
+
+    g = geometry
+    k, conv = g["k"], dict(stride=g["stride"], padding=g["padding"], dilation=g["dilation"])
+    x = torch.randn(g["n"], g["c_in"], *g["hw"], dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(g["c_out"], g["c_in"], k, k, dtype=dtype)
+    out = torch.nn.functional.conv2d(x, w, **conv)
+    grad = torch.randn(out.shape[0], out.shape[1], out.shape[2], 2 * out.shape[3], dtype=dtype)[..., ::2]
+    expect = torch.ops.aten.convolution_backward(grad, x, w, None, [conv["stride"]] * 2, [conv["padding"]] * 2,
+                                                 [conv["dilation"]] * 2, False, [0, 0], 1, [False, True, False])[1]
+    got = _wgrad_patches(grad, x, k, k, *([conv[a]] * 2 for a in ("stride", "padding", "dilation")))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, expect, **tol)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_kernel_larger_than_the_plane_takes_the_patch_product(monkeypatch):
+    """conv5x5 on a 3x4 plane (the CASES entry): every A_k of the fast CPU backends through _wgrad_patches."""
+    from dtp_fast.feedback import layer as layer_mod
+
+    calls = []
+    patches = layer_mod._wgrad_patches
+    monkeypatch.setattr(layer_mod, "_wgrad_patches", lambda *a: calls.append(a[0].shape) or patches(*a))
+    net = _net(**CASES["conv5x5-pool3/2/1"]).double()
+    x = torch.randn(2, *net.in_shape, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[3, 2, 2], lr=0.05, noise=0.2, samples=2)
+    ref = _run(net, x, cfg, "reference", None)
+    for backend in FAST:
+        calls.clear()
+        _assert_same(ref, _run(net, x, cfg, backend), torch.float64)
+        assert len(calls) >= 3 and all(shape[2:] == (4, 3) for shape in calls), backend
+
+
 def test_cpu_chunks_are_per_layer_short_for_large_layers_long_for_small(monkeypatch):
     """On a CPU each layer precomputes about CPU_CHUNK_BYTES of transient work per chunk (at least
     CPU_AUTO_ITERATIONS iterations): SimpleVGG's large first layer short chunks, its small last conv layers
