@@ -343,54 +343,75 @@ at::Tensor pooled_conv_t_cpu(const at::Tensor& values, const at::Tensor& pix_ptr
 }
 
 // ------------------------------------------------------------------ the weight gradient
-// Channels c0 .. c1 - 1; taps in groups of kTaps (accumulators in registers), NB vectors of co at a time.
+// Channels c0 .. c1 - 1, span by span: kSpan (row, window) pairs of the rows' pooled planes, in order, and
+// within a span channel by channel, each channel's entries of the span (the span's part of dr_pad stays in
+// cache for all the channels: channel by channel over all the rows, a dr_pad larger than the L2 cache, as
+// at the paper's width, streamed from memory once per channel). Taps in groups of kTaps (accumulators in
+// registers), NB vectors of co at a time, added to out (zeroed first).
 constexpr int kTaps = 9;
+constexpr int64_t kSpan = 64;
 
 template <typename T, int NB>
-DTP_FAST_INLINE void wgrad_block(const T* val, const int32_t* ptr, const int32_t* ent, const T* dr, T* out,
-                                 int64_t c, const int64_t* tofs, int nt, int64_t t0, int64_t KK, int64_t co,
-                                 int64_t cxp) {
+DTP_FAST_INLINE void wgrad_block(const T* val, const int32_t* ent, int64_t e0, int64_t e1, const T* dr, T* out,
+                                 const int64_t* tofs, int nt, int64_t co, int64_t cxp) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::lanes;
   V a[kTaps][NB];
   for (int t = 0; t < kTaps; ++t)
     for (int j = 0; j < NB; ++j) a[t][j] = V{};
-  for (int64_t e = ptr[c]; e < ptr[c + 1]; ++e) {
+  for (int64_t e = e0; e < e1; ++e) {
     const T u = val[ent[2 * e]];
     const T* src = dr + ent[2 * e + 1] + co;
     for (int t = 0; t < kTaps; ++t)
       for (int j = 0; j < NB; ++j) a[t][j] += u * load<T>(src + tofs[t] + j * L);
   }
   for (int t = 0; t < nt; ++t)
-    for (int j = 0; j < NB; ++j) store<T>(out + (c * KK + t0 + t) * cxp + co + j * L, a[t][j]);
+    for (int j = 0; j < NB; ++j) {
+      T* o = out + t * cxp + co + j * L;
+      store<T>(o, load<T>(o) + a[t][j]);
+    }
 }
 
+// rows x Q: the (row, window) pairs of the values (rows, C, Hp, Wp), Q = Hp * Wp.
 template <typename T>
 DTP_FAST_INLINE void wgrad_range(const T* val, const int32_t* ptr, const int32_t* ent, const T* dr, T* out,
-                                 int64_t c0, int64_t c1, const int64_t* tap_offsets, int64_t KK, int64_t cxp) {
+                                 int64_t c0, int64_t c1, const int64_t* tap_offsets, int64_t KK, int64_t cxp,
+                                 int64_t rows, int64_t C, int64_t Q) {
   constexpr int L = Vec<T>::lanes;
-  for (int64_t c = c0; c < c1; ++c) {
-    for (int64_t t0 = 0; t0 < KK; t0 += kTaps) {
-      const int nt = static_cast<int>(std::min<int64_t>(kTaps, KK - t0));
-      int64_t tofs[kTaps];
-      for (int t = 0; t < kTaps; ++t) tofs[t] = t < nt ? tap_offsets[t0 + t] : 0;  // spare slots: discarded
-      int64_t co = 0;
-      for (; co + 2 * L <= cxp; co += 2 * L) wgrad_block<T, 2>(val, ptr, ent, dr, out, c, tofs, nt, t0, KK, co, cxp);
-      if (co < cxp) wgrad_block<T, 1>(val, ptr, ent, dr, out, c, tofs, nt, t0, KK, co, cxp);
+  std::fill(out + c0 * KK * cxp, out + c1 * KK * cxp, T(0));
+  std::vector<int64_t> next(ptr + c0, ptr + c1);  // each channel's first entry not yet done
+  for (int64_t f0 = 0; f0 < rows * Q; f0 += kSpan) {
+    const int64_t f1 = std::min(rows * Q, f0 + kSpan), re = f1 / Q, qe = f1 % Q;
+    for (int64_t c = c0; c < c1; ++c) {
+      // the channel's entries of the span (ordered by row, then window): value indices below (re * C + c) * Q + qe
+      const int64_t e0 = next[c - c0], bound = (re * C + c) * Q + qe;
+      int64_t e1 = e0;
+      while (e1 < ptr[c + 1] && ent[2 * e1] < bound) ++e1;
+      next[c - c0] = e1;
+      if (e1 == e0) continue;
+      for (int64_t t0 = 0; t0 < KK; t0 += kTaps) {
+        const int nt = static_cast<int>(std::min<int64_t>(kTaps, KK - t0));
+        int64_t tofs[kTaps];
+        for (int t = 0; t < kTaps; ++t) tofs[t] = t < nt ? tap_offsets[t0 + t] : 0;  // spare slots: discarded
+        T* o = out + (c * KK + t0) * cxp;
+        int64_t co = 0;
+        for (; co + 2 * L <= cxp; co += 2 * L) wgrad_block<T, 2>(val, ent, e0, e1, dr, o, tofs, nt, co, cxp);
+        if (co < cxp) wgrad_block<T, 1>(val, ent, e0, e1, dr, o, tofs, nt, co, cxp);
+      }
     }
   }
 }
 
 DTP_FAST_SPARSE_CLONES void wgrad_f32(const float* val, const int32_t* ptr, const int32_t* ent, const float* dr,
                                       float* out, int64_t c0, int64_t c1, const int64_t* tofs, int64_t KK,
-                                      int64_t cxp) {
-  wgrad_range<float>(val, ptr, ent, dr, out, c0, c1, tofs, KK, cxp);
+                                      int64_t cxp, int64_t rows, int64_t C, int64_t Q) {
+  wgrad_range<float>(val, ptr, ent, dr, out, c0, c1, tofs, KK, cxp, rows, C, Q);
 }
 
 DTP_FAST_SPARSE_CLONES void wgrad_f64(const double* val, const int32_t* ptr, const int32_t* ent, const double* dr,
                                       double* out, int64_t c0, int64_t c1, const int64_t* tofs, int64_t KK,
-                                      int64_t cxp) {
-  wgrad_range<double>(val, ptr, ent, dr, out, c0, c1, tofs, KK, cxp);
+                                      int64_t cxp, int64_t rows, int64_t C, int64_t Q) {
+  wgrad_range<double>(val, ptr, ent, dr, out, c0, c1, tofs, KK, cxp, rows, C, Q);
 }
 
 at::Tensor pooled_wgrad_cpu(const at::Tensor& values, const at::Tensor& ch_ptr, const at::Tensor& ch_ent,
@@ -400,6 +421,9 @@ at::Tensor pooled_wgrad_cpu(const at::Tensor& values, const at::Tensor& ch_ptr, 
   const int64_t cxp = dr_pad.size(3), Wb = dr_pad.size(2);
   check_common(op, values, ch_ptr, ch_ent, dr_pad, cxp);
   const int64_t C = ch_ptr.numel() - 1, KH = kernel_size[0], KW = kernel_size[1], KK = KH * KW;
+  const int64_t rows = dr_pad.size(0), Q = rows * C > 0 ? values.numel() / (rows * C) : 0;
+  TORCH_CHECK(values.numel() == rows * C * Q, op, ": values must hold rows x C x Hp x Wp (", rows, " rows of ", C,
+              " channels: the rows of dr_pad, the channels of the lists), got ", values.numel(), " values");
   std::vector<int64_t> tofs(static_cast<size_t>(KK));
   for (int64_t kh = 0; kh < KH; ++kh)
     for (int64_t kw = 0; kw < KW; ++kw) tofs[kh * KW + kw] = (kh * dilation[0] * Wb + kw * dilation[1]) * cxp;
@@ -410,12 +434,12 @@ at::Tensor pooled_wgrad_cpu(const at::Tensor& values, const at::Tensor& ch_ptr, 
     const float* v = values.const_data_ptr<float>();
     const float* d = dr_pad.const_data_ptr<float>();
     float* o = out.mutable_data_ptr<float>();
-    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { wgrad_f32(v, cp, ce, d, o, c0, c1, tofs.data(), KK, cxp); });
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { wgrad_f32(v, cp, ce, d, o, c0, c1, tofs.data(), KK, cxp, rows, C, Q); });
   } else {
     const double* v = values.const_data_ptr<double>();
     const double* d = dr_pad.const_data_ptr<double>();
     double* o = out.mutable_data_ptr<double>();
-    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { wgrad_f64(v, cp, ce, d, o, c0, c1, tofs.data(), KK, cxp); });
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { wgrad_f64(v, cp, ce, d, o, c0, c1, tofs.data(), KK, cxp, rows, C, Q); });
   }
   return out;
 }
@@ -447,9 +471,9 @@ void chain_steps(const T* values, int64_t n, int64_t per_iter, const int32_t* pp
     });
     at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
       if constexpr (std::is_same_v<T, float>) {
-        wgrad_f32(val, cp, ce, dr, wg, c0, c1, tofs, KK, cxp);
+        wgrad_f32(val, cp, ce, dr, wg, c0, c1, tofs, KK, cxp, rows, C, per_iter / (rows * C));
       } else {
-        wgrad_f64(val, cp, ce, dr, wg, c0, c1, tofs, KK, cxp);
+        wgrad_f64(val, cp, ce, dr, wg, c0, c1, tofs, KK, cxp, rows, C, per_iter / (rows * C));
       }
     });
     if (j >= loss_from) {

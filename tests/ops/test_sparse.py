@@ -5,7 +5,8 @@ Tolerances: float64 within rtol 1e-10 / atol 1e-12 of the reference, float32 wit
 values of size about 1 to 100 (the sums run in the order of the lists, not in the dense kernels' order).
 Cases: 2x2 and overlapping (3/2/1, (3, 2)/(2, 2)/(1, 0)) pools, odd planes, batch 1, several noise copies,
 3x3 and 5x5 (more taps than one register block) kernels, padding 0 to 2, dilation 2, output channel counts
-that are not a multiple of the vector width, every input in other layouts.
+that are not a multiple of the vector width, more pooled windows than one span of the weight gradient, every
+input in other layouts.
 """
 import pytest
 import torch
@@ -24,6 +25,9 @@ CASES = {
     "rect-pool-no-pad": (2, 5, 9, (11, 7), ((3, 2), (2, 2), (1, 0)), (3, 3), (0, 0), (1, 1), 1),
     "batch1-1x1-plane": (1, 7, 16, (2, 2), ((2, 2), (2, 2), (0, 0)), (3, 3), (1, 1), (1, 1), 3),
     "wide": (2, 16, 40, (8, 8), ((2, 2), (2, 2), (0, 0)), (3, 3), (1, 1), (1, 1), 1),
+    # more (row, window) pairs than the weight gradient's spans of 64, which end inside rows
+    "many-spans": (3, 4, 7, (14, 18), ((2, 2), (2, 2), (0, 0)), (3, 3), (1, 1), (1, 1), 2),
+    "many-spans-3/2/1": (2, 3, 5, (19, 17), ((3, 3), (2, 2), (1, 1)), (3, 3), (1, 1), (1, 1), 2),
 }
 
 
