@@ -224,36 +224,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> switch_lists_cpu(
 }
 
 // ------------------------------------------------------------------ the transposed convolution
-// Output pixels o0 .. o1 - 1 (flat over rows x Hx x Wx) into out (dr_pad), NB vectors of co at a time.
+// Output pixels o0 .. o1 - 1 (flat over rows x Hx x Wx) into out (dr_pad), pixel by pixel, NB vectors of co
+// at a time (a pixel's entries stay in cache for its other vectors of co).
 template <typename T, int NB>
-DTP_FAST_INLINE void conv_t_block(const T* val, const int32_t* ptr, const int32_t* ent, const T* w, T* out,
-                                  int64_t o0, int64_t o1, int64_t Hx, int64_t Wx, int64_t Hb, int64_t Wb,
-                                  int64_t ph, int64_t pw, int64_t co, int64_t cxp) {
+DTP_FAST_INLINE void conv_t_block(const T* val, const int32_t* ent, int64_t e, int64_t end, const T* w, T* dst,
+                                  int64_t co) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::lanes;
-  for (int64_t o = o0; o < o1; ++o) {
-    V a[NB], b[NB];  // two accumulator sets: consecutive entries do not wait on each other
-    for (int j = 0; j < NB; ++j) a[j] = b[j] = V{};
-    int64_t e = ptr[o];
-    const int64_t end = ptr[o + 1];
-    for (; e + 1 < end; e += 2) {
-      const T u = val[ent[2 * e]], v = val[ent[2 * e + 2]];
-      const T* wu = w + ent[2 * e + 1] + co;
-      const T* wv = w + ent[2 * e + 3] + co;
-      for (int j = 0; j < NB; ++j) {
-        a[j] += u * load<T>(wu + j * L);
-        b[j] += v * load<T>(wv + j * L);
-      }
+  // up to 4 vectors two accumulator sets, so that consecutive entries do not wait on each other; 8: one
+  V a[NB], b[NB];
+  for (int j = 0; j < NB; ++j) a[j] = b[j] = V{};
+  for (; NB <= 4 && e + 1 < end; e += 2) {
+    const T u = val[ent[2 * e]], v = val[ent[2 * e + 2]];
+    const T* wu = w + ent[2 * e + 1] + co;
+    const T* wv = w + ent[2 * e + 3] + co;
+    for (int j = 0; j < NB; ++j) {
+      a[j] += u * load<T>(wu + j * L);
+      b[j] += v * load<T>(wv + j * L);
     }
-    if (e < end) {
-      const T u = val[ent[2 * e]];
-      const T* wu = w + ent[2 * e + 1] + co;
-      for (int j = 0; j < NB; ++j) a[j] += u * load<T>(wu + j * L);
-    }
-    const int64_t r = o / (Hx * Wx), oh = o / Wx % Hx, ow = o % Wx;
-    T* dst = out + ((r * Hb + oh + ph) * Wb + ow + pw) * cxp + co;
-    for (int j = 0; j < NB; ++j) store<T>(dst + j * L, a[j] + b[j]);
   }
+  for (; e < end; ++e) {
+    const T u = val[ent[2 * e]];
+    const T* wu = w + ent[2 * e + 1] + co;
+    for (int j = 0; j < NB; ++j) a[j] += u * load<T>(wu + j * L);
+  }
+  for (int j = 0; j < NB; ++j) store<T>(dst + co + j * L, a[j] + b[j]);
 }
 
 template <typename T>
@@ -261,13 +256,21 @@ DTP_FAST_INLINE void conv_t_range(const T* val, const int32_t* ptr, const int32_
                                   int64_t o0, int64_t o1, int64_t Hx, int64_t Wx, int64_t Hb, int64_t Wb,
                                   int64_t ph, int64_t pw, int64_t cxp) {
   constexpr int L = Vec<T>::lanes;
-  int64_t co = 0;  // up to 4 vectors of co per pass over the lists (16 accumulators with the two sets)
-  for (; co + 4 * L <= cxp; co += 4 * L) conv_t_block<T, 4>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, co, cxp);
-  if (co + 2 * L <= cxp) {
-    conv_t_block<T, 2>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, co, cxp);
-    co += 2 * L;
+  for (int64_t o = o0; o < o1; ++o) {
+    const int64_t r = o / (Hx * Wx), oh = o / Wx % Hx, ow = o % Wx, e0 = ptr[o], e1 = ptr[o + 1];
+    T* dst = out + ((r * Hb + oh + ph) * Wb + ow + pw) * cxp;
+    int64_t co = 0;  // up to 8 vectors of co per pass over the entries (16 accumulators)
+    for (; co + 8 * L <= cxp; co += 8 * L) conv_t_block<T, 8>(val, ent, e0, e1, w, dst, co);
+    if (co + 4 * L <= cxp) {
+      conv_t_block<T, 4>(val, ent, e0, e1, w, dst, co);
+      co += 4 * L;
+    }
+    if (co + 2 * L <= cxp) {
+      conv_t_block<T, 2>(val, ent, e0, e1, w, dst, co);
+      co += 2 * L;
+    }
+    if (co < cxp) conv_t_block<T, 1>(val, ent, e0, e1, w, dst, co);
   }
-  if (co < cxp) conv_t_block<T, 1>(val, ptr, ent, w, out, o0, o1, Hx, Wx, Hb, Wb, ph, pw, co, cxp);
 }
 
 DTP_FAST_SPARSE_CLONES void conv_t_f32(const float* val, const int32_t* ptr, const int32_t* ent, const float* w,
