@@ -66,14 +66,16 @@ def test_batch_one_noncontiguous_and_default_chunking(backend, pool):
 
 @pytest.mark.parametrize("geometry", [
     dict(n=3, c_in=5, c_out=7, hw=(2, 2), k=3, stride=1, padding=1, dilation=1),   # SimpleVGG's conv_4
+    dict(n=2, c_in=4, c_out=3, hw=(4, 4), k=3, stride=1, padding=1, dilation=1),   # and conv_3
     dict(n=1, c_in=3, c_out=2, hw=(2, 3), k=5, stride=1, padding=2, dilation=1),
     dict(n=2, c_in=4, c_out=6, hw=(1, 3), k=3, stride=1, padding=1, dilation=1),
     dict(n=2, c_in=3, c_out=4, hw=(4, 3), k=3, stride=2, padding=1, dilation=1),
     dict(n=2, c_in=3, c_out=4, hw=(5, 4), k=3, stride=1, padding=2, dilation=2)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_small_plane_weight_gradient_is_the_patch_product(geometry, dtype):
-    """Where a plane has fewer positions than the kernel taps, LayerState.wgrad takes the patch product: the
-    weight gradient of conv2d (any stride, padding, dilation), from strided views, in V's layout."""
+    """Where a plane has at most twice as many positions as the kernel has taps, LayerState.wgrad takes the
+    patch product: the weight gradient of conv2d (any stride, padding, dilation), from strided views, in V's
+    layout."""
     from dtp_fast.feedback.layer import _wgrad_patches
 
     g = geometry
