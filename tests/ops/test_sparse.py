@@ -1,5 +1,7 @@
 """The ``sparse`` family: switch_lists, pooled_conv_t and pooled_wgrad (the chain of a pooled conv feedback layer
-from dh2 at pooled resolution) against pooled_chain_ref (unpool, then the engine's dense ops).
+from dh2 at pooled resolution) against pooled_chain_ref (unpool, then the engine's dense ops); the CPU kernels
+(with pooled_chain_) and, at the end, the Triton kernels (dtp_fast.ops.triton.sparse: pools whose windows tile the
+plane; the interpreter on a CPU).
 
 Tolerances: float64 within rtol 1e-10 / atol 1e-12 of the reference, float32 within rtol 1e-4 / atol 1e-4 on
 values of size about 1 to 100 (the sums run in the order of the lists, not in the dense kernels' order).
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dtp_fast import ops
-from helpers import COMPILED, DTYPES, assert_close_within, gen, impl_device, layout
+from helpers import COMPILED, DTYPES, TRITON, assert_close_within, assert_exact, gen, impl_device, layout
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
@@ -200,3 +202,55 @@ def test_pooled_chain_refuses_bad_input_and_passes_opcheck():
     args = (chunk, lists.pix_ptr, lists.pix_ent, lists.ch_ptr, lists.ch_ent, A, V, buf, list(lists.output_size),
             list(lists.padded_size), list(lists.padding), list(lists.dilation), 0.5, 0.1, 0.9, 1e-4, 1)
     torch.library.opcheck(torch.ops.dtp_fast.pooled_chain_.default, args)
+
+
+# ---------------------------------------------------------------------------- the Triton kernels
+#: the cases whose pool tiles the plane (what the Triton kernels take)
+TILING = [name for name, case in CASES.items() if case[4][0] == case[4][1] and case[4][2] == (0, 0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", TILING)
+def test_triton_pooled_chain_equals_reference(name, dtype):
+    """dr_y and the weight gradient of the Triton kernels (dh2 expanded from d2 and the switches inside the
+    matrix products; switches of one batch shared by its noise copies) against the reference; dr_y in
+    channels_last, the gradient in the weight's channels_last strides; a non-contiguous weight and dr_y give
+    the same; a fixed number of parts gives the same bits twice."""
+    from dtp_fast.ops.triton.sparse import pooled_conv_t, pooled_wgrad
+
+    device = impl_device(TRITON)
+    values, indices, pool, hw, weight, padding, dilation, copies = _case(name, dtype)
+    want_dr, want_grad = ops.pooled_chain_ref(values, indices, pool, hw, weight, padding, dilation)
+    values, indices, weight = values.to(device), indices.to(device), weight.to(device)
+    for w in (weight, layout(weight, "noncontiguous")):
+        dr = pooled_conv_t(values, indices, w, pool[0], hw, padding, dilation, want_dr.shape[2:])
+        assert dr.is_contiguous(memory_format=torch.channels_last)
+        assert_close_within(dr.cpu(), want_dr, what=f"dr_y {name}", **TOL[dtype])
+    for d in (dr, layout(dr, "noncontiguous")):
+        grad = pooled_wgrad(values, indices, d, pool[0], hw, weight.shape[2:], padding, dilation, parts=3)
+        assert grad.shape == weight.shape and grad.is_contiguous(memory_format=torch.channels_last)
+        assert_close_within(grad.cpu(), want_grad, what=f"wgrad {name}", **TOL[dtype])
+    assert_exact(grad, pooled_wgrad(values, indices, d, pool[0], hw, weight.shape[2:], padding, dilation, parts=3))
+    auto = pooled_wgrad(values, indices, dr, pool[0], hw, weight.shape[2:], padding, dilation)
+    assert_close_within(auto.cpu(), want_grad, what=f"wgrad {name} (parts chosen)", **TOL[dtype])
+
+
+def test_triton_pooled_chain_refuses_bad_input():
+    from dtp_fast.ops.triton.sparse import pooled_conv_t, pooled_wgrad
+
+    device = impl_device(TRITON)
+    values, indices, pool, hw, weight, padding, dilation, copies = (
+        t.to(device) if isinstance(t, torch.Tensor) else t for t in _case("2x2-3x3", torch.float32))
+    with pytest.raises(ValueError, match="d2 must be"):
+        pooled_conv_t(values.half(), indices, weight, 2, hw, padding, dilation, hw)
+    with pytest.raises(ValueError, match="switches must be int64"):
+        pooled_conv_t(values, indices.int(), weight, 2, hw, padding, dilation, hw)
+    with pytest.raises(ValueError, match="Ns dividing"):
+        pooled_conv_t(values, torch.cat([indices] * 3), weight, 2, hw, padding, dilation, hw)
+    with pytest.raises(ValueError, match="do not fit a 5x9 plane"):
+        pooled_conv_t(values, indices, weight, 2, (5, 9), padding, dilation, hw)
+    with pytest.raises(ValueError, match="weight must be"):
+        pooled_conv_t(values, indices, weight.double(), 2, hw, padding, dilation, hw)
+    dr = pooled_conv_t(values, indices, weight, 2, hw, padding, dilation, hw)
+    with pytest.raises(ValueError, match="dr_y must be"):
+        pooled_wgrad(values, indices, dr[:1], 2, hw, 3, padding, dilation)

@@ -10,7 +10,10 @@ What runs where, per batch:
   in the kernel (the noise is never stored; dh2 is 4x smaller than unpooled
   behind 2x2 pools, so a whole phase fits a CUDA graph at larger batches);
   A_k = wgrad(dh1, dx). The chain unpools each iteration's dh2 at the clean
-  switches before its transposed convolution (the engine's ``LayerState.unpool``).
+  switches before its transposed convolution (the engine's ``LayerState.unpool``),
+  or, with ``pooled_chain`` (opt-in until measured on a GPU), reads the pooled
+  dh2 and the switches inside the Triton matrix products of the ``sparse``
+  family (layers behind a 2x2-like pool; :mod:`dtp_fast.ops.triton.sparse`).
 - Linear feedback blocks: C_k and A_k by batched matrix products, then every
   iteration in one persistent kernel (momentum SGD and the loss included).
 - Conv feedback blocks, layers interleaved: per iteration one transposed
@@ -38,6 +41,7 @@ them without a GPU.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections import OrderedDict
 
@@ -75,14 +79,20 @@ class TritonBackend(GpuPolicy, TorchBackend):
         tf32: TF32 in the convolutions and matrix products: None (default) means yes on
             compute capability >= 8.0 unless ``DTP_FAST_TF32=0``.
         deterministic: cuDNN's deterministic algorithms (bit-reproducible runs).
+        pooled_chain: the chain of a layer behind a max-pool whose windows tile the plane through the
+            ``sparse`` family's Triton kernels, which read dh2 at pooled resolution with the switches
+            instead of unpooling it for cuDNN (:mod:`dtp_fast.ops.triton.sparse`). None (default): only
+            with ``DTP_FAST_TRITON_POOLED=1``, until a GPU has measured it against cuDNN.
     """
     name = "triton"
 
     def __init__(self, memory_budget="auto", cuda_graphs: bool = True, tf32: bool | None = None,
-                 deterministic: bool | None = None, max_graphs: int = 2, block: int = 1024):
+                 deterministic: bool | None = None, max_graphs: int = 2, block: int = 1024,
+                 pooled_chain: bool | None = None):
         super().__init__(memory_budget=memory_budget)
         self.cuda_graphs = cuda_graphs
         self.tf32, self.deterministic = tf32, deterministic
+        self.pooled_chain = pooled_chain
         self.max_graphs = max_graphs
         self.block = block
         self._graphs: OrderedDict = OrderedDict()
@@ -163,6 +173,29 @@ class TritonBackend(GpuPolicy, TorchBackend):
         return A, d2.reshape(n, -1, *d2.shape[1:])
 
     # ------------------------------------------------------------------ the chain
+    def pooled_chain_enabled(self) -> bool:
+        """Whether pooled layers' chains run on the ``sparse`` Triton kernels (see ``pooled_chain``)."""
+        if self.pooled_chain is None:
+            return os.environ.get("DTP_FAST_TRITON_POOLED", "").strip().lower() in ("1", "true", "yes", "on")
+        return bool(self.pooled_chain)
+
+    def conv_chain(self, layer, d2):
+        """With ``pooled_chain``: a layer behind a max-pool whose windows tile the plane, with a stride-1
+        feedback convolution of one group, through the ``sparse`` kernels from the pooled d2."""
+        block, g = layer.block, layer.block.g_op
+        if not (self.pooled_chain_enabled() and layer.switches is not None and block.pool[0] == block.pool[1]
+                and block.pool[2] == (0, 0) and tuple(g.stride) == (1, 1) and g.groups == 1
+                and tuple(g.output_padding) == (0, 0)):
+            return super().conv_chain(layer, d2)
+        from ...ops.triton.sparse import pooled_conv_t, pooled_wgrad
+
+        tf32 = self.tf32_enabled(layer.weight.device)
+        plane, pool = block.pre_pool_shape[1:], block.pool[1]
+        dr_y = pooled_conv_t(d2, layer.unpool_switches, layer.weight, pool, plane, g.padding, g.dilation,
+                             layer.x.shape[2:], tf32=tf32)
+        return dr_y, pooled_wgrad(d2, layer.unpool_switches, dr_y, pool, plane, g.kernel_size, g.padding,
+                                  g.dilation, tf32=tf32)
+
     @staticmethod
     def _wanted(report: str, lay, k: int) -> bool:
         return report == "all" or (report == "last" and k == lay.hp.iterations - 1)
@@ -240,7 +273,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
                           tuple(lay.h0.shape), lay.hp, lay.batch, g.stride, g.padding, g.output_padding, g.dilation))
         dev = layers[conv[0]].weight.device
         return (dev, layers[conv[0]].weight.dtype, report, self.tf32_enabled(dev), self.deterministic_enabled(),
-                tuple(parts))
+                self.pooled_chain_enabled(), tuple(parts))
 
     def _run_conv(self, layers, conv, rows, most: int, report: str) -> None:
         from ...ops.triton.sgd import layer_scalars

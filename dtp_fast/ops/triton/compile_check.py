@@ -22,7 +22,7 @@ import time
 
 def _specializations(quick: bool):
     """(name, kernel, signature, constexprs, options) of every launch variant."""
-    from . import chain, dh, noise, sgd
+    from . import chain, dh, noise, sgd, sparse
 
     ints = lambda *names: {n: "i32" for n in names}  # noqa: E731
     geos = [dict(KH=2, KW=2, SH=2, SW=2, PH=0, PW=0, NH=1, NW=1), dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, NH=2, NW=2)]
@@ -58,6 +58,22 @@ def _specializations(quick: bool):
                 sig.update({f"V{s}": p, f"B{s}": p, f"Q{s}": p, f"A{s}": p, f"P{s}": p, f"n{s}": "i32"})
             sig.update({**ints("e1", "e2", "e3"), "HAS_A": "constexpr", "BLOCK": "constexpr"})
             yield f"momentum {dt} A={has_a}", sgd._momentum_kernel, sig, {"HAS_A": has_a, "BLOCK": 2048}, {}
+        wide = dt == "fp32"
+        for prec in (("tf32", "ieee") if wide else ("ieee",)):
+            for k in ((3,) if quick else (3, 5)):
+                geo = dict(KH=k, KW=k, PH=k // 2, PW=k // 2, DH=1, DW=1, SH=2, SWW=2, PREC=prec)
+                c = {n: "constexpr" for n in geo}
+                plane = ints("NS", "C", "CX", "H", "W", "Hp", "Wp", "HX", "WX")
+                yield (f"pooled conv_t {dt} {prec} k={k}", sparse._conv_t_kernel,
+                       {"OUT": p, "D2": p, "SW": "*i64", "V": p, "M": "i32", **plane,
+                        **{f"vs{i}": "i64" for i in range(4)}, **c, "BM": "constexpr", "BN": "constexpr",
+                        "BK": "constexpr"}, {**geo, "BM": 64 if wide else 32, "BN": 64 if wide else 32,
+                                             "BK": 32 if wide else 16}, {})
+                yield (f"pooled wgrad {dt} {prec} k={k}", sparse._wgrad_kernel,
+                       {"PART": p, "D2": p, "SW": "*i64", "DR": p, "P": "i32", "per_part": "i32", **plane,
+                        **{f"ds{i}": "i64" for i in range(4)}, **c, "BR": "constexpr", "BN": "constexpr",
+                        "BP": "constexpr"}, {**geo, "BR": 64 if wide else 32, "BN": 64 if wide else 32,
+                                             "BP": 32 if wide else 16}, {})
         for bj in (16, 64):
             yield (f"linear chain {dt} BJ={bj}", chain._linear_chain_kernel,
                    {"V": p, "BUF": p, "A": p, "C": p, "G": p, "LOSS": p, "P": p,
