@@ -129,6 +129,37 @@ def test_pooled_chain_on_the_sparse_kernels_equals_reference(dtype, monkeypatch)
     assert not TritonBackend().pooled_chain_enabled()
 
 
+def test_layer_streams_run_each_layer_whole_and_equal_reference(monkeypatch):
+    """layer_streams=True (or DTP_FAST_LAYER_STREAMS=1): each conv layer's chain runs whole, with its own
+    momentum steps (on a GPU on its own stream; here in order), and equals reference; with one conv layer,
+    or without the switch, the layers stay interleaved."""
+    seen = []
+    step = TritonBackend._conv_step
+    monkeypatch.setattr(TritonBackend, "_conv_step",
+                        lambda self, k, layers, conv, *a: seen.append((k, tuple(conv))) or step(self, k, layers, conv, *a))
+    torch.manual_seed(7)
+    seq = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ELU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ELU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ELU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    net = dtp_fast.from_sequential(seq, (2, 8, 8)).double()
+    x = torch.randn(3, *net.in_shape, dtype=torch.float64)
+    cfg = FeedbackConfig(iterations=[3, 2, 2], lr=0.05, noise=0.2)
+    ref = _run(net, x, cfg, "reference", None, steps=1)
+    for backend in (TritonBackend(tf32=False, layer_streams=True), TritonBackend(tf32=False)):
+        if backend.layer_streams is None:
+            monkeypatch.setenv("DTP_FAST_LAYER_STREAMS", "1")
+        seen.clear()
+        assert backend.layer_streams_enabled()
+        _assert_same(ref, _run(net.to(DEVICE), x.to(DEVICE), cfg, backend, None, steps=1), torch.float64)
+        assert seen == [(0, (0,)), (1, (0,)), (2, (0,)), (0, (1,)), (1, (1,))], seen
+    monkeypatch.delenv("DTP_FAST_LAYER_STREAMS")
+    seen.clear()
+    _assert_same(ref, _run(net.to(DEVICE), x.to(DEVICE), cfg, TritonBackend(tf32=False), None, steps=1),
+                 torch.float64)
+    assert seen == [(0, (0, 1)), (1, (0, 1)), (2, (0, 1))], seen
+
+
 def test_triton_backend_reduce_hook_runs_the_per_iteration_chain():
     """Data-parallel seam: with a reduce hook the chain runs iteration by iteration (same buckets as torch)."""
     torch.manual_seed(4)

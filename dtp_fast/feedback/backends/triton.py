@@ -19,7 +19,8 @@ What runs where, per batch:
 - Conv feedback blocks, layers interleaved: per iteration one transposed
   convolution and one weight gradient per layer (cuDNN), the loss when reported
   (one fused reduction per layer) and one multi-tensor momentum step for all
-  layers. On CUDA, when every layer's iterations fit in one precomputed chunk
+  layers; or, with ``layer_streams`` (opt-in until measured on a GPU), each
+  layer's whole chain on its own stream, side by side. On CUDA, when every layer's iterations fit in one precomputed chunk
   (the default memory budget is a quarter of the free GPU memory, up to 8 GiB),
   this chain is captured in a CUDA graph on the second batch of a given shape
   and replayed from then on (the first batch runs it eagerly, which compiles
@@ -55,6 +56,13 @@ from ..gpu import GpuPolicy, _env_off
 __all__ = ["TritonBackend"]
 
 
+def _switch(value: bool | None, env: str) -> bool:
+    """An opt-in switch: ``value``, or when None whether the environment variable ``env`` says yes."""
+    if value is None:
+        return os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 class _ChainGraph:
     """Static tensors and the captured CUDA graph of one shape of the conv chain."""
 
@@ -83,16 +91,20 @@ class TritonBackend(GpuPolicy, TorchBackend):
             ``sparse`` family's Triton kernels, which read dh2 at pooled resolution with the switches
             instead of unpooling it for cuDNN (:mod:`dtp_fast.ops.triton.sparse`). None (default): only
             with ``DTP_FAST_TRITON_POOLED=1``, until a GPU has measured it against cuDNN.
+        layer_streams: the conv layers' chains side by side, each on its own CUDA stream (forked from
+            and joined to the current stream, inside the CUDA graph too; each layer then takes its own
+            momentum step). None (default): only with ``DTP_FAST_LAYER_STREAMS=1``, until measured.
     """
     name = "triton"
 
     def __init__(self, memory_budget="auto", cuda_graphs: bool = True, tf32: bool | None = None,
                  deterministic: bool | None = None, max_graphs: int = 2, block: int = 1024,
-                 pooled_chain: bool | None = None):
+                 pooled_chain: bool | None = None, layer_streams: bool | None = None):
         super().__init__(memory_budget=memory_budget)
         self.cuda_graphs = cuda_graphs
         self.tf32, self.deterministic = tf32, deterministic
-        self.pooled_chain = pooled_chain
+        self.pooled_chain, self.layer_streams = pooled_chain, layer_streams
+        self._streams: dict = {}     # device -> the side streams of layer_streams
         self.max_graphs = max_graphs
         self.block = block
         self._graphs: OrderedDict = OrderedDict()
@@ -175,9 +187,36 @@ class TritonBackend(GpuPolicy, TorchBackend):
     # ------------------------------------------------------------------ the chain
     def pooled_chain_enabled(self) -> bool:
         """Whether pooled layers' chains run on the ``sparse`` Triton kernels (see ``pooled_chain``)."""
-        if self.pooled_chain is None:
-            return os.environ.get("DTP_FAST_TRITON_POOLED", "").strip().lower() in ("1", "true", "yes", "on")
-        return bool(self.pooled_chain)
+        return _switch(self.pooled_chain, "DTP_FAST_TRITON_POOLED")
+
+    def layer_streams_enabled(self) -> bool:
+        """Whether the conv layers' chains run side by side on their own streams (see ``layer_streams``)."""
+        return _switch(self.layer_streams, "DTP_FAST_LAYER_STREAMS")
+
+    def _chain(self, layers, conv, table, losses, most: int, report: str, prepare: bool) -> None:
+        """Every iteration of the conv layers ``conv``: interleaved (iteration k of every layer, then one
+        momentum step for all of them), or with ``layer_streams`` layer by layer, each on its own CUDA
+        stream forked from the current one and joined back at the end (in order on a CPU)."""
+        if not (self.layer_streams_enabled() and len(conv) > 1):
+            for k in range(most):
+                self._conv_step(k, layers, conv, table, losses, report, prepare)
+            return
+        dev = layers[conv[0]].weight.device
+        if dev.type != "cuda":
+            for i in conv:
+                for k in range(layers[i].hp.iterations):
+                    self._conv_step(k, layers, [i], table, losses, report, prepare)
+            return
+        main = torch.cuda.current_stream(dev)
+        streams = self._streams.setdefault(dev, [])
+        streams.extend(torch.cuda.Stream(dev) for _ in range(len(conv) - len(streams)))
+        for i, side in zip(conv, streams):
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                for k in range(layers[i].hp.iterations):
+                    self._conv_step(k, layers, [i], table, losses, report, prepare)
+        for side in streams[:len(conv)]:
+            main.wait_stream(side)
 
     def conv_chain(self, layer, d2):
         """With ``pooled_chain``: a layer behind a max-pool whose windows tile the plane, with a stride-1
@@ -273,7 +312,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
                           tuple(lay.h0.shape), lay.hp, lay.batch, g.stride, g.padding, g.output_padding, g.dilation))
         dev = layers[conv[0]].weight.device
         return (dev, layers[conv[0]].weight.dtype, report, self.tf32_enabled(dev), self.deterministic_enabled(),
-                self.pooled_chain_enabled(), tuple(parts))
+                self.pooled_chain_enabled(), self.layer_streams_enabled(), tuple(parts))
 
     def _run_conv(self, layers, conv, rows, most: int, report: str) -> None:
         from ...ops.triton.sgd import layer_scalars
@@ -287,8 +326,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
         if why is not None:
             table = layer_scalars(rows, layers[conv[0]].weight)
             losses = layers[conv[0]].weight.new_zeros(len(layers), most)
-            for k in range(most):
-                self._conv_step(k, layers, conv, table, losses, report, prepare=True)
+            self._chain(layers, conv, table, losses, most, report, prepare=True)
             self.last_chain = f"eager ({why})"
         else:
             losses = self._run_conv_graphed(layers, conv, rows, most, report)
@@ -338,8 +376,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
 
         def chain():
             entry.losses.zero_()
-            for k in range(most):
-                self._conv_step(k, layers, conv, entry.table, entry.losses, report, prepare=False)
+            self._chain(layers, conv, entry.table, entry.losses, most, report, prepare=False)
 
         if entry.graph is None and entry.runs >= 1 and entry.failed is None:
             try:
