@@ -49,6 +49,20 @@ def _unpooled(D2, SW, n, c, ih, iw, valid, NS, C, H, W, Hp, Wp, SH: tl.constexpr
 
 
 @triton.jit
+def _pixel(m, HX, WX):
+    """(n, oh, ow) of flat output pixels m."""
+    t = m // WX
+    return t // HX, t % HX, m % WX
+
+
+@triton.jit
+def _tap(k, KH: tl.constexpr, KW: tl.constexpr):
+    """(c, kh, kw) of flat weight indices k over (C, KH, KW)."""
+    tap = k % (KH * KW)
+    return k // (KH * KW), tap // KW, tap % KW
+
+
+@triton.jit
 def _conv_t_kernel(OUT, D2, SW, V, M, NS, C, CX, H, W, Hp, Wp, HX, WX, vs0, vs1, vs2, vs3,
                    KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                    DH: tl.constexpr, DW: tl.constexpr, SH: tl.constexpr, SWW: tl.constexpr,
@@ -57,10 +71,7 @@ def _conv_t_kernel(OUT, D2, SW, V, M, NS, C, CX, H, W, Hp, Wp, HX, WX, vs0, vs1,
     dh2[n, c, oh + PH - kh DH, ow + PW - kw DW] * V[c, j, kh, kw]."""
     m = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
     j = tl.program_id(1) * BN + tl.arange(0, BN)
-    ow = m % WX
-    t = m // WX
-    oh = t % HX
-    n = t // HX
+    n, oh, ow = _pixel(m, HX, WX)
     mvalid = m < M
     jvalid = j < CX
     K = C * (KH * KW)
@@ -68,10 +79,7 @@ def _conv_t_kernel(OUT, D2, SW, V, M, NS, C, CX, H, W, Hp, Wp, HX, WX, vs0, vs1,
     for k0 in range(0, K, BK):
         k = k0 + tl.arange(0, BK).to(tl.int64)
         kvalid = k < K
-        c = k // (KH * KW)
-        tap = k % (KH * KW)
-        kh = tap // KW
-        kw = tap % KW
+        c, kh, kw = _tap(k, KH, KW)
         a = _unpooled(D2, SW, n[:, None], c[None, :], oh[:, None] + PH - kh[None, :] * DH,
                       ow[:, None] + PW - kw[None, :] * DW, mvalid[:, None] & kvalid[None, :],
                       NS, C, H, W, Hp, Wp, SH, SWW)
@@ -94,19 +102,13 @@ def _wgrad_kernel(PART, D2, SW, DR, P, per_part, NS, C, CX, H, W, Hp, Wp, HX, WX
     R = C * (KH * KW)
     rvalid = r < R
     jvalid = j < CX
-    c = r // (KH * KW)
-    tap = r % (KH * KW)
-    kh = tap // KW
-    kw = tap % KW
+    c, kh, kw = _tap(r, KH, KW)
     p_end = tl.minimum(part.to(tl.int64) * per_part + per_part, P)
     acc = tl.zeros([BR, BN], dtype=PART.dtype.element_ty)
     for p0 in range(part * per_part, p_end, BP):
         p = p0 + tl.arange(0, BP).to(tl.int64)
         pvalid = p < p_end
-        ow = p % WX
-        t = p // WX
-        oh = t % HX
-        n = t // HX
+        n, oh, ow = _pixel(p, HX, WX)
         a = _unpooled(D2, SW, n[None, :], c[:, None], oh[None, :] + PH - kh[:, None] * DH,
                       ow[None, :] + PW - kw[:, None] * DW, rvalid[:, None] & pvalid[None, :],
                       NS, C, H, W, Hp, Wp, SH, SWW)
