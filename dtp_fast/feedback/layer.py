@@ -193,9 +193,10 @@ class LayerState:
         return torch.nn.functional.conv_transpose2d(h, self.weight, None, g.stride, g.padding, g.output_padding, 1,
                                                     g.dilation)
 
-    def wgrad(self, inp, grad_out):
+    def wgrad(self, inp, grad_out, out=None):
         """Weight gradient of conv_transpose2d(inp, V) given grad_out: by adjointness,
-        the weight gradient of conv2d(grad_out, V) given inp.
+        the weight gradient of conv2d(grad_out, V) given inp; into ``out`` (a tensor shaped
+        and laid out as V) when given.
 
         On a CPU, for planes of at most twice as many positions as the kernel has taps (a
         third or more of the taps then fall on the zero border: SimpleVGG's 4x4 and 2x2
@@ -205,10 +206,11 @@ class LayerState:
         g = self.block.g_op
         kh, kw = g.kernel_size
         if inp.device.type == "cpu" and g.groups == 1 and inp.shape[2] * inp.shape[3] <= 2 * kh * kw:
-            return _wgrad_patches(inp, grad_out, kh, kw, g.stride, g.padding, g.dilation)
-        return torch.ops.aten.convolution_backward(
+            return _wgrad_patches(inp, grad_out, kh, kw, g.stride, g.padding, g.dilation, out)
+        grad = torch.ops.aten.convolution_backward(
             inp, grad_out, self.weight, None, g.stride, g.padding, g.dilation, False, [0, 0], 1,
             [False, True, False])[1]
+        return grad if out is None else out.copy_(grad)
 
     def iterate(self, k: int, want_loss: bool) -> None:
         self.apply(self.gradient(k, want_loss), k)
@@ -239,10 +241,11 @@ class LayerState:
         self.next_k = k + 1
 
 
-def _wgrad_patches(out_grad, x, kh, kw, stride, padding, dilation):
+def _wgrad_patches(out_grad, x, kh, kw, stride, padding, dilation, out=None):
     """The weight gradient of conv2d(x, W) (one group) given the gradient of its output,
     as (out_grad as rows) ^ T @ (the kh x kw patches of x as rows): (C_out, C_in, kh, kw)
-    in channels_last strides, the layout of the feedback weight."""
+    in channels_last strides, the layout of the feedback weight; written into ``out`` when
+    given (the product straight into it when it has those strides)."""
     n, c_in, h, w = x.shape
     c_out, oh, ow = out_grad.shape[1:]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -250,5 +253,10 @@ def _wgrad_patches(out_grad, x, kh, kw, stride, padding, dilation):
     xp[:, ph:ph + h, pw:pw + w].copy_(x.permute(0, 2, 3, 1))
     s_n, s_h, s_w, s_c = xp.stride()
     patches = xp.as_strided((n, oh, ow, kh, kw, c_in), (s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c))
-    rows = out_grad.permute(0, 2, 3, 1).reshape(n * oh * ow, c_out)
-    return (rows.t() @ patches.reshape(n * oh * ow, kh * kw * c_in)).view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
+    rows = out_grad.permute(0, 2, 3, 1).reshape(n * oh * ow, c_out).t()
+    patches = patches.reshape(n * oh * ow, kh * kw * c_in)
+    if out is not None and out.permute(0, 2, 3, 1).is_contiguous():
+        torch.mm(rows, patches, out=out.permute(0, 2, 3, 1).view(c_out, kh * kw * c_in))
+        return out
+    grad = (rows @ patches).view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
+    return grad if out is None else out.copy_(grad)

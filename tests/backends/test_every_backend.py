@@ -90,6 +90,10 @@ def test_small_plane_weight_gradient_is_the_patch_product(geometry, dtype):
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, expect, **tol)
     assert got.is_contiguous(memory_format=torch.channels_last)
+    for fmt in (torch.channels_last, torch.contiguous_format):   # into a tensor: the product straight into it, or a copy
+        out = torch.full_like(w, float("nan"), memory_format=fmt)
+        assert _wgrad_patches(grad, x, k, k, *([conv[a]] * 2 for a in ("stride", "padding", "dilation")), out) is out
+        torch.testing.assert_close(out, expect, **tol)
 
 
 def test_a_kernel_larger_than_the_plane_takes_the_patch_product(monkeypatch):

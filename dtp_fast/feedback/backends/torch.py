@@ -161,7 +161,7 @@ class TorchBackend:
         V = layer.weight   # A_k in V's layout: the chain subtracts it from a gradient laid out as V
         A = torch.empty_strided((n, *V.shape), (V.numel(), *V.stride()), dtype=V.dtype, device=V.device)
         for j in range(n):
-            A[j].copy_(layer.wgrad(dh1[j], dx[j]))
+            layer.wgrad(dh1[j], dx[j], out=A[j])
         return A, d2.reshape(n, -1, *d2.shape[1:])
 
     def conv_chain(self, layer, d2):

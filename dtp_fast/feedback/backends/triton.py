@@ -181,7 +181,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
         A = static["A"] if static is not None else torch.empty_strided((n, *V.shape), (V.numel(), *V.stride()),
                                                                        dtype=V.dtype, device=V.device)
         for j in range(n):
-            A[j].copy_(layer.wgrad(dh1[j], dx[j]))
+            layer.wgrad(dh1[j], dx[j], out=A[j])
         return A, d2.reshape(n, -1, *d2.shape[1:])
 
     # ------------------------------------------------------------------ the chain
