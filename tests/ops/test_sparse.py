@@ -252,5 +252,7 @@ def test_triton_pooled_chain_refuses_bad_input():
     with pytest.raises(ValueError, match="weight must be"):
         pooled_conv_t(values, indices, weight.double(), 2, hw, padding, dilation, hw)
     dr = pooled_conv_t(values, indices, weight, 2, hw, padding, dilation, hw)
+    with pytest.raises(ValueError, match=r"d2 must be a float32/float64 \(N, C, Hp, Wp\)"):
+        pooled_wgrad(values[0], indices, dr, 2, hw, 3, padding, dilation)
     with pytest.raises(ValueError, match="dr_y must be"):
         pooled_wgrad(values, indices, dr[:1], 2, hw, 3, padding, dilation)

@@ -169,7 +169,7 @@ def pooled_wgrad(d2: torch.Tensor, switches: torch.Tensor, dr_y: torch.Tensor, p
     padding, dilation)`` given the gradient ``dr_y`` (N, Cx, Hx, Wx) of its output (see the module doc);
     (C, Cx, KH, KW) in channels_last strides. ``parts``: how many slices the pixels are summed in (None:
     enough to fill a GPU; a fixed number gives the same bits on every run)."""
-    C = d2.shape[1] if d2.dim() == 4 else -1
+    C = d2.shape[1] if d2.dim() == 4 else "C"
     sh, sw, H, W, ns = _check("pooled_wgrad", d2, switches, C, pool, input_size)
     (KH, KW), (ph, pw), (dh, dw) = (pair(kernel_size, "kernel_size"), pair(padding, "padding"),
                                     pair(dilation, "dilation"))
