@@ -144,3 +144,20 @@ def test_cuda_kernel_files_include_no_torch_headers():
             text = open(os.path.join(folder, name)).read()
             for banned in ("<torch/", "<ATen/", "<c10/"):
                 assert banned not in text, (name, banned)
+
+
+def test_portable_paths_of_the_avx512_kernels_give_the_same_results():
+    """DTP_FAST_NO_AVX512=1 makes the CPU kernels take their portable paths (what a CPU without AVX-512 runs:
+    the Philox normals in tiles, the gathers of dh1's pooling windows and of ELU's values in scalar loops). In a
+    subprocess, the noise and dh tests (bit for bit against the same oracles) pass with it; on a CPU without
+    AVX-512 this repeats the suite's own run."""
+    import subprocess
+    import sys
+
+    require_ext()
+    env = dict(os.environ, DTP_FAST_NO_AVX512="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           "tests/ops/test_noise.py", "tests/ops/test_dh.py", "-k", "not triton"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout

@@ -659,14 +659,50 @@ void pool_members(const T* members, int64_t stride, const K* count, int64_t wind
   }
 }
 
+// Channels innermost, windows that tile the plane: every window's members are
+// written to slot len, which advances past those whose maximum is not > 0
+// (branch-free). K: the members of a window when known (4: 2x2), else 0.
+template <int K, typename scalar_t>
+int64_t gather_tiles(const scalar_t* an, const PoolUnpoolArgs& p, const scalar_t* val, int64_t base,
+                     GroupBuffers<scalar_t>& buf, int64_t len) {
+  const PoolGeometry& g = p.g;
+  const int64_t window = K ? K : g.kH * g.kW;
+  std::vector<int64_t> off(static_cast<size_t>(window));  // the members' offsets from the window's corner
+  std::vector<scalar_t*> dst(static_cast<size_t>(window));
+  for (int64_t dh = 0, k = 0; dh < g.kH; ++dh) {
+    for (int64_t dw = 0; dw < g.kW; ++dw, ++k) {
+      off[k] = dh * p.as.h + dw * p.as.w;
+      dst[k] = buf.members.data() + k * buf.stride;
+    }
+  }
+  int64_t i = 0;
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      const scalar_t* corner = an + oh * g.kH * p.as.h + ow * g.kW * p.as.w;
+      for (int64_t c = 0; c < p.C; ++c, ++i) {
+        const scalar_t* src = corner + c * p.as.c;
+        for (int64_t k = 0; k < window; ++k) dst[k][len] = src[off[k]];
+        buf.slow[len] = base + i;
+        len += !(val[i] > scalar_t(0));
+      }
+    }
+  }
+  return len;
+}
+
 // Any layout and windows: the members of the windows of one sample (buffer
-// index base + i) whose maximum is not > 0, appended from slot len on; returns
+// index base + i) whose maximum is not > 0, appended from slot len on (their
+// counts too unless the windows tile the plane: then all are whole); returns
 // the new len.
 template <typename scalar_t>
 int64_t gather_windows(const scalar_t* an, const PoolUnpoolArgs& p, const scalar_t* val, int64_t base,
                        GroupBuffers<scalar_t>& buf, int64_t len) {
   const PoolGeometry& g = p.g;
   const int64_t stride = buf.stride;
+  if (p.channels_inner && p.tiling) {  // whole windows, branch-free (below)
+    return g.kH * g.kW == 4 ? gather_tiles<4>(an, p, val, base, buf, len)
+                            : gather_tiles<0>(an, p, val, base, buf, len);
+  }
   auto visit = [&](int64_t i, int64_t c, const Window& w) {
     if (val[i] > scalar_t(0)) {
       return;
@@ -788,7 +824,7 @@ void pool_elu_windows(const scalar_t* a, const PoolUnpoolArgs& p, int64_t n0, in
   for (int64_t k = 0; k < window; ++k) {  // members are <= 0 or NaN, or unused: no compaction
     act_aten_padded(buf.members.data() + k * stride, len, kActElu);
   }
-  pool_members(buf.members.data(), stride, vec ? nullptr : buf.count.data(), window, buf.new_val.data(),
+  pool_members(buf.members.data(), stride, p.tiling ? nullptr : buf.count.data(), window, buf.new_val.data(),
                buf.new_pos.data(), len);
   // and the ELU after the unpooling: of these maxima only (the others are > 0)
   act_aten_padded(buf.new_val.data(), len, kActElu);

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "../philox.h"
 
@@ -201,8 +202,10 @@ __attribute__((target("avx512f"))) void row_normals_cl_avx512(float* eps, int64_
   }
 }
 
+// Whether the AVX-512 paths of the CPU kernels run: the CPU has AVX-512F and DTP_FAST_NO_AVX512 is not set
+// (set, the portable paths run instead, with the same results: how the tests check them on AVX-512 machines).
 inline bool have_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f");
+  static const bool yes = __builtin_cpu_supports("avx512f") && std::getenv("DTP_FAST_NO_AVX512") == nullptr;
   return yes;
 }
 #endif
