@@ -37,6 +37,13 @@ def _env_off(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
 
 
+def _opt_in(value: bool | None, env: str) -> bool:
+    """An opt-in switch: ``value``, or when None whether the environment variable ``env`` says yes."""
+    if value is None:
+        return os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 def tf32_default(device) -> bool:
     """TF32 by default: on CUDA devices of compute capability >= 8.0, unless ``DTP_FAST_TF32=0``."""
     device = torch.device(device)
@@ -104,9 +111,7 @@ class GpuPolicy:
 
     def deterministic_enabled(self) -> bool:
         """Whether cuDNN's deterministic algorithms are asked for (``DTP_FAST_DETERMINISTIC=1`` when ``None``)."""
-        if self.deterministic is None:
-            return os.environ.get("DTP_FAST_DETERMINISTIC", "").strip().lower() in ("1", "true", "yes", "on")
-        return bool(self.deterministic)
+        return _opt_in(self.deterministic, "DTP_FAST_DETERMINISTIC")
 
     def tf32_enabled(self, device) -> bool:
         """Whether the convolutions and matrix products of a run on ``device`` may use TF32."""

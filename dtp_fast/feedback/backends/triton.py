@@ -42,7 +42,6 @@ them without a GPU.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from collections import OrderedDict
 
@@ -51,16 +50,10 @@ import torch
 from ...noise import CounterNoise, NoiseBlock
 from .torch import TorchBackend
 from ..engine import register_backend
-from ..gpu import GpuPolicy, _env_off
+from ..gpu import GpuPolicy, _env_off, _opt_in
 
 __all__ = ["TritonBackend"]
 
-
-def _switch(value: bool | None, env: str) -> bool:
-    """An opt-in switch: ``value``, or when None whether the environment variable ``env`` says yes."""
-    if value is None:
-        return os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 class _ChainGraph:
@@ -187,11 +180,11 @@ class TritonBackend(GpuPolicy, TorchBackend):
     # ------------------------------------------------------------------ the chain
     def pooled_chain_enabled(self) -> bool:
         """Whether pooled layers' chains run on the ``sparse`` Triton kernels (see ``pooled_chain``)."""
-        return _switch(self.pooled_chain, "DTP_FAST_TRITON_POOLED")
+        return _opt_in(self.pooled_chain, "DTP_FAST_TRITON_POOLED")
 
     def layer_streams_enabled(self) -> bool:
         """Whether the conv layers' chains run side by side on their own streams (see ``layer_streams``)."""
-        return _switch(self.layer_streams, "DTP_FAST_LAYER_STREAMS")
+        return _opt_in(self.layer_streams, "DTP_FAST_LAYER_STREAMS")
 
     def _chain(self, layers, conv, table, losses, most: int, report: str, prepare: bool) -> None:
         """Every iteration of the conv layers ``conv``: interleaved (iteration k of every layer, then one
