@@ -10,7 +10,7 @@
 # 3. runs benchmarks/gpu_check.py twice: every backend against reference, TF32, and the timings of the feedback
 #    phase per backend, a whole L-DRL step and a backprop step, at the paper's CIFAR-10 shapes (SimpleVGG full
 #    width, batch 128, iterations 20,30,35,55,20) and ImageNet32 shapes (batch 256, iterations 25,35,40,60,25);
-#    then the CIFAR-10 run again with the triton backend's opt-in chain (DTP_FAST_TRITON_POOLED=1: the sparse
+#    then the CIFAR-10 run again with the GPU backends' opt-in chain (DTP_FAST_POOLED_CHAIN=1: the sparse
 #    Triton kernels; DTP_FAST_LAYER_STREAMS=1: a stream per layer) against reference.
 #
 # Everything lands in OUT_DIR: build.log, gpu-tests.log (and .xml), gpu-check-<GPU>-<date>-{cifar10,imagenet32}
@@ -46,8 +46,8 @@ step "3/3 every backend against reference, and timings"
 "$PY" benchmarks/gpu_check.py --out "$OUT" --label cifar10 --batch-size 128 "$@" || status=1
 "$PY" benchmarks/gpu_check.py --out "$OUT" --label imagenet32 --batch-size 256 --iterations 25,35,40,60,25 "$@" \
   || status=1
-# the triton backend's opt-in chain: the sparse Triton kernels on the pooled dh2, each layer on its own stream
-DTP_FAST_TRITON_POOLED=1 DTP_FAST_LAYER_STREAMS=1 "$PY" benchmarks/gpu_check.py --out "$OUT" \
-  --label cifar10-triton-pooled-streams --batch-size 128 --backends triton "$@" || status=1
+# the GPU backends' opt-in chain: the sparse Triton kernels on the pooled dh2, each layer on its own stream
+DTP_FAST_POOLED_CHAIN=1 DTP_FAST_LAYER_STREAMS=1 "$PY" benchmarks/gpu_check.py --out "$OUT" \
+  --label cifar10-pooled-streams --batch-size 128 --backends triton,cuda "$@" || status=1
 step "done (status $status): results in $OUT"
 exit $status

@@ -29,7 +29,7 @@ def test_gpu_check_runs_on_cpu_in_one_command(tmp_path):
 def test_the_prepared_gpu_check_script_runs_on_cpu(tmp_path):
     """benchmarks/gpu_check.sh, the one command a person with a GPU runs, in its reduced CPU form (no build):
     the gpu tests (all skipped here), then the CIFAR-10 and ImageNet32 checks and the CIFAR-10 one with the
-    triton backend's opt-in chain, each with JSON and markdown."""
+    GPU backends' opt-in chain, each with JSON and markdown."""
     import os
 
     env = dict(os.environ, GPU_CHECK_SKIP_BUILD="1", PYTHON=sys.executable)
@@ -38,7 +38,7 @@ def test_the_prepared_gpu_check_script_runs_on_cpu(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in tmp_path.iterdir())
-    for label in ("cifar10", "imagenet32", "cifar10-triton-pooled-streams"):
+    for label in ("cifar10", "imagenet32", "cifar10-pooled-streams"):
         found = [n for n in names if n.endswith(f"-{label}.json")]
         assert len(found) == 1, names
         res = json.loads((tmp_path / found[0]).read_text())

@@ -20,6 +20,14 @@ Both backends run their feedback phase inside :meth:`GpuPolicy.gpu_context`:
   algorithms can be slower.
 - **Loss precision.** Reported losses are reductions in float32 (float64
   tensors: float64); the ``cuda`` backend's fused loss sums in float64.
+- **Opt-in chain variants** (off by default until a GPU has timed them):
+  ``pooled_chain`` (``DTP_FAST_POOLED_CHAIN=1``) runs the chain of a layer
+  behind a max-pool whose windows tile the plane on the ``sparse`` family's
+  Triton kernels, which read dh2 at pooled resolution with the switches
+  instead of unpooling it for cuDNN (:mod:`dtp_fast.ops.triton.sparse`; the
+  ``cuda`` backend shares them, so there is one GPU implementation of that
+  matrix product); ``layer_streams`` (``DTP_FAST_LAYER_STREAMS=1``) runs each
+  conv layer's whole chain on its own CUDA stream (:meth:`GpuPolicy.on_streams`).
 
 Everything here is plain Python around torch's flags, so it is tested on a CPU.
 """
@@ -108,10 +116,22 @@ class GpuPolicy:
 
     tf32: bool | None = None
     deterministic: bool | None = None
+    pooled_chain: bool | None = None
+    layer_streams: bool | None = None
 
     def deterministic_enabled(self) -> bool:
         """Whether cuDNN's deterministic algorithms are asked for (``DTP_FAST_DETERMINISTIC=1`` when ``None``)."""
         return _opt_in(self.deterministic, "DTP_FAST_DETERMINISTIC")
+
+    def pooled_chain_enabled(self) -> bool:
+        """Whether pooled layers' chains run on the ``sparse`` Triton kernels (``DTP_FAST_POOLED_CHAIN=1``
+        when ``pooled_chain`` is None)."""
+        return _opt_in(self.pooled_chain, "DTP_FAST_POOLED_CHAIN")
+
+    def layer_streams_enabled(self) -> bool:
+        """Whether the conv layers' chains run side by side on their own streams (``DTP_FAST_LAYER_STREAMS=1``
+        when ``layer_streams`` is None)."""
+        return _opt_in(self.layer_streams, "DTP_FAST_LAYER_STREAMS")
 
     def tf32_enabled(self, device) -> bool:
         """Whether the convolutions and matrix products of a run on ``device`` may use TF32."""
@@ -128,6 +148,48 @@ class GpuPolicy:
             return
         with cuda_device(device), fp32_precision(self.tf32_enabled(device)), cudnn_deterministic(self.deterministic_enabled()):
             yield
+
+    def conv_chain(self, layer, d2):
+        """With ``pooled_chain``: a layer behind a max-pool whose windows tile the plane, with a stride-1
+        feedback convolution of one group, through the ``sparse`` Triton kernels from the pooled d2;
+        other layers: the engine's (unpool, then cuDNN)."""
+        block, g = layer.block, layer.block.g_op
+        if not (self.pooled_chain_enabled() and layer.switches is not None and block.pool[0] == block.pool[1]
+                and block.pool[2] == (0, 0) and tuple(g.stride) == (1, 1) and g.groups == 1
+                and tuple(g.output_padding) == (0, 0)):
+            return super().conv_chain(layer, d2)
+        from ..ops import triton as kernels
+
+        if not kernels.available():
+            raise RuntimeError(f"pooled_chain (DTP_FAST_POOLED_CHAIN) runs on Triton kernels, and "
+                               f"{kernels.load_error()}; or leave it off")
+        from ..ops.triton.sparse import pooled_conv_t, pooled_wgrad
+
+        tf32 = self.tf32_enabled(layer.weight.device)
+        plane, pool = block.pre_pool_shape[1:], block.pool[1]
+        dr_y = pooled_conv_t(d2, layer.unpool_switches, layer.weight, pool, plane, g.padding, g.dilation,
+                             layer.x.shape[2:], tf32=tf32)
+        return dr_y, pooled_wgrad(d2, layer.unpool_switches, dr_y, pool, plane, g.kernel_size, g.padding,
+                                  g.dilation, tf32=tf32)
+
+    def on_streams(self, device, items, run) -> None:
+        """``run(item)`` for every item, each on its own CUDA stream of ``device``, forked from the current
+        stream and joined back to it at the end (in a CUDA graph's capture too); in order off CUDA. The
+        side streams are kept per device and reused."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            for item in items:
+                run(item)
+            return
+        main = torch.cuda.current_stream(device)
+        streams = self.__dict__.setdefault("_side_streams", {}).setdefault(device, [])
+        streams.extend(torch.cuda.Stream(device) for _ in range(len(items) - len(streams)))
+        for item, side in zip(items, streams):
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                run(item)
+        for side in streams[:len(items)]:
+            main.wait_stream(side)
 
     def train(self, net, acts, switches, hparams, state, noise, step, report, memory_budget="default",
               sample_offset=0, reduce=None):

@@ -20,7 +20,8 @@ from dtp_fast.feedback import (BackendUnavailableError, FeedbackConfig, Feedback
 from dtp_fast.feedback.backends import cuda as cuda_backend
 from dtp_fast.feedback.backends.cuda import CUDA_OPS, cuda_kernels_problem
 from dtp_fast.noise import CounterNoise, ExplicitNoise
-from helpers import DTYPES, assert_same_feedback, feedback_run, gen, pool_id, require_ext, tiny_net
+from helpers import (DTYPES, assert_same_feedback, feedback_run, gen, pool_id, require_ext, tiny_net,
+                     triton_device)
 
 FIX = "pip install --no-build-isolation -e ."
 
@@ -217,6 +218,88 @@ def test_cuda_backend_with_a_reduce_hook_keeps_one_bucket_per_iteration(dtype, m
     assert calls.sgd == [3, 3, 3, 2, 1] * 2  # all layers stepping at iteration k in one update
     assert buckets == [6, 6, 6, 4, 2] * 2     # per iteration: every active layer's gradient and loss
     _assert_same(_train(net, x, cfg, "reference", CounterNoise(3), None), fast, dtype)
+
+
+def _three_convs():
+    seq = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ELU(), nn.MaxPool2d(2),
+                        nn.Conv2d(3, 4, 3, padding=1), nn.ELU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 4, 3, padding=1), nn.ELU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(4, 3))
+    return dtp_fast.from_sequential(seq, (2, 8, 8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_backend_pooled_chain_with_the_cpu_kernels(dtype, monkeypatch):
+    """pooled_chain=True (or DTP_FAST_POOLED_CHAIN=1): a layer behind a 2x2 pool runs its chain on the sparse
+    Triton kernels (the triton backend's; the interpreter here), one transposed convolution per iteration;
+    a 3/2/1 pool (overlapping windows) keeps the unpooling path. Both equal reference."""
+    require_ext()
+    device = triton_device()
+    from dtp_fast.ops.triton import sparse
+
+    calls = []
+    conv_t = sparse.pooled_conv_t
+    monkeypatch.setattr(sparse, "pooled_conv_t", lambda d2, *a, **k: calls.append(d2.shape) or conv_t(d2, *a, **k))
+    torch.manual_seed(6)
+    cfg = FeedbackConfig(iterations=[4, 3, 2], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
+    for pool, used, switch in (((2, 2, 0), 4, dict(pooled_chain=True)), ((2, 2, 0), 4, {}), ((3, 2, 1), 0, {})):
+        if not switch:
+            monkeypatch.setenv("DTP_FAST_POOLED_CHAIN", "1")
+        calls.clear()
+        net = _net(kernel=3, pool=pool, hw=(10, 8)).to(dtype)
+        x = torch.randn(3, *net.in_shape, dtype=dtype)
+        backend = cuda_backend.CudaBackend(threads=1, tf32=False, **switch)
+        assert backend.pooled_chain_enabled()
+        fast = _train_direct(backend, net.to(device), x.to(device), cfg, CounterNoise(3), None, steps=1)
+        _assert_same(_train(net.cpu(), x, cfg, "reference", CounterNoise(3), None, steps=1), fast, dtype)
+        assert len(calls) == used and all(shape[0] == 2 * 3 for shape in calls), (pool, calls)
+    monkeypatch.delenv("DTP_FAST_POOLED_CHAIN")
+    assert not cuda_backend.CudaBackend().pooled_chain_enabled()
+    # without Triton the switch says what is missing instead of failing deep inside
+    from dtp_fast.ops import triton as kernels
+
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    monkeypatch.setattr(kernels, "load_error", lambda: "triton is not importable (ImportError: x)")
+    with pytest.raises(RuntimeError, match=r"pooled_chain \(DTP_FAST_POOLED_CHAIN\) runs on Triton kernels, and "
+                                           r"triton is not importable .*or leave it off"):
+        _train_direct(cuda_backend.CudaBackend(threads=1, pooled_chain=True), _net(), torch.randn(2, 3, 9, 7),
+                      cfg, CounterNoise(3), None, steps=1)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_cuda_backend_layer_streams_run_each_layer_whole(device, monkeypatch):
+    """layer_streams=True (or DTP_FAST_LAYER_STREAMS=1): each conv layer's chain runs whole with its own
+    momentum steps (on a GPU on its own stream; on a CPU in order), the Linear layer in its persistent chain;
+    equal to reference. Without the switch, or with a reduce hook, the layers stay interleaved."""
+    require_ext()
+    if device == "cuda" and _gpu_problem() is not None:
+        pytest.skip("CUDA kernels not usable here: %s" % _gpu_problem())
+    seen = []
+    step = cuda_backend.CudaBackend.step_layers
+    monkeypatch.setattr(cuda_backend.CudaBackend, "step_layers",
+                        lambda self, lays, grads, k: seen.append((k, tuple(lay.name for lay in lays)))
+                        or step(self, lays, grads, k))
+    torch.manual_seed(7)
+    net = _three_convs().to(device, torch.float64)
+    x = torch.randn(3, *net.in_shape, dtype=torch.float64, device=device)
+    cfg = FeedbackConfig(iterations=[3, 2, 2], lr=0.05, noise=0.2)
+    ref = _train(net, x, cfg, "reference", CounterNoise(3), None, steps=1)
+    whole = [(0, ("conv_1",)), (1, ("conv_1",)), (2, ("conv_1",)), (0, ("conv_2",)), (1, ("conv_2",))]
+    for switch in (dict(layer_streams=True), {}):
+        if not switch:
+            monkeypatch.setenv("DTP_FAST_LAYER_STREAMS", "1")
+        seen.clear()
+        backend = cuda_backend.CudaBackend(threads=1, **switch)
+        assert backend.layer_streams_enabled()
+        _assert_same(ref, _train_direct(backend, net, x, cfg, CounterNoise(3), None, steps=1), torch.float64)
+        assert seen == whole, seen
+    seen.clear()
+    _train_direct(backend, net, x, cfg, CounterNoise(3), None, steps=1, reduce=lambda ts: None)
+    assert seen == [(0, ("conv_1", "conv_2", "fc_0")), (1, ("conv_1", "conv_2", "fc_0")), (2, ("conv_1",))], seen
+    monkeypatch.delenv("DTP_FAST_LAYER_STREAMS")
+    seen.clear()
+    _train_direct(cuda_backend.CudaBackend(threads=1), net, x, cfg, CounterNoise(3), None, steps=1)
+    assert seen == [(0, ("conv_1", "conv_2")), (1, ("conv_1", "conv_2")), (2, ("conv_1",))], seen
 
 
 @gpu

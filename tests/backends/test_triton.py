@@ -104,7 +104,7 @@ def test_triton_backend_batch_one_noncontiguous_lenet_mlp_and_explicit_noise():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pooled_chain_on_the_sparse_kernels_equals_reference(dtype, monkeypatch):
-    """pooled_chain=True (or DTP_FAST_TRITON_POOLED=1): the chain of a layer behind a 2x2 pool runs on the sparse
+    """pooled_chain=True (or DTP_FAST_POOLED_CHAIN=1): the chain of a layer behind a 2x2 pool runs on the sparse
     Triton kernels, one transposed convolution and one weight gradient per iteration; a 3/2/1 pool (windows that
     overlap) keeps the unpooling path. Both equal reference."""
     from dtp_fast.ops.triton import sparse
@@ -116,7 +116,7 @@ def test_pooled_chain_on_the_sparse_kernels_equals_reference(dtype, monkeypatch)
     cfg = FeedbackConfig(iterations=[4, 3, 2], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
     for pool, used, switch in (((2, 2, 0), 4, dict(pooled_chain=True)), ((2, 2, 0), 4, {}), ((3, 2, 1), 0, {})):
         if not switch:
-            monkeypatch.setenv("DTP_FAST_TRITON_POOLED", "1")
+            monkeypatch.setenv("DTP_FAST_POOLED_CHAIN", "1")
         calls.clear()
         net = _net(kernel=3, pool=pool, hw=(10, 8)).to(dtype)
         x = torch.randn(3, *net.in_shape, dtype=dtype)
@@ -125,7 +125,7 @@ def test_pooled_chain_on_the_sparse_kernels_equals_reference(dtype, monkeypatch)
         got = _run(net.to(DEVICE), x.to(DEVICE), cfg, backend, None, steps=1)
         _assert_same(_run(net.cpu(), x, cfg, "reference", None, steps=1), got, dtype)
         assert len(calls) == used and all(shape[0] == 2 * 3 for shape in calls), (pool, calls)
-    monkeypatch.delenv("DTP_FAST_TRITON_POOLED")
+    monkeypatch.delenv("DTP_FAST_POOLED_CHAIN")
     assert not TritonBackend().pooled_chain_enabled()
 
 

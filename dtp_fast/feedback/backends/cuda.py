@@ -23,6 +23,12 @@ The sequential chain:
   :meth:`CudaBackend.conv_loss`), and the momentum steps of all layers stepping
   in an iteration as one launch of the multi-tensor ``momentum_sgd_`` kernel
   (:meth:`CudaBackend.step_layers`).
+- The opt-in variants of the GPU policy (:mod:`dtp_fast.feedback.gpu`), off by
+  default until a GPU has timed them: ``pooled_chain`` (the chain of a layer
+  behind a tiling max-pool on the pooled dh2, through the ``sparse`` family's
+  Triton kernels, shared with the ``triton`` backend rather than written twice)
+  and ``layer_streams`` (each conv layer's whole chain on its own CUDA stream,
+  each layer with its own momentum steps).
 
 With a ``reduce`` hook (data-parallel runs) Linear blocks run iteration by
 iteration in the engine's loop, so every process all-reduces one bucket per
@@ -120,9 +126,11 @@ class CudaBackend(GpuPolicy, TorchBackend):
         return True, "autograd-free analytic gradient with fused CUDA kernels from dtp_fast._C"
 
     def __init__(self, memory_budget="auto", threads=None, tf32: bool | None = None,
-                 deterministic: bool | None = None):
+                 deterministic: bool | None = None, pooled_chain: bool | None = None,
+                 layer_streams: bool | None = None):
         super().__init__(memory_budget=memory_budget, threads=threads)
         self.tf32, self.deterministic = tf32, deterministic
+        self.pooled_chain, self.layer_streams = pooled_chain, layer_streams
 
     # ------------------------------------------------------------------ noise
     @staticmethod
@@ -154,14 +162,20 @@ class CudaBackend(GpuPolicy, TorchBackend):
     # ------------------------------------------------------------------ the chain
     def run_interleaved(self, layers, report: str, reduce=None) -> None:
         """Linear layers: every iteration of a chunk in one ``linear_chain_`` launch; the others
-        interleaved by the engine. Layers are independent, so the order between them does not
-        matter; with ``reduce`` everything runs in the engine's loop (one bucket per iteration)."""
+        interleaved by the engine, or with ``layer_streams`` each whole on its own stream. Layers are
+        independent, so the order between them does not matter; with ``reduce`` everything runs in the
+        engine's loop (one bucket per iteration, the same order on every process)."""
         if reduce is not None:
             return super().run_interleaved(layers, report, reduce)
         fused = [lay for lay in layers if lay.linear and lay.hp.iterations and lay.weight.dtype in _DTYPES]
         for lay in fused:
             self._run_linear(lay, report)
-        super().run_interleaved([lay for lay in layers if all(lay is not f for f in fused)], report, None)
+        rest = [lay for lay in layers if all(lay is not f for f in fused)]
+        if self.layer_streams_enabled() and len(rest) > 1:
+            self.on_streams(rest[0].weight.device, rest, lambda lay: super(CudaBackend, self).run_interleaved(
+                [lay], report, None))
+        else:
+            super().run_interleaved(rest, report, None)
 
     def _run_linear(self, lay, report: str) -> None:
         """All iterations of a Linear layer, one persistent launch per precomputed chunk."""

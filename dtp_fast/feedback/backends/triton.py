@@ -50,7 +50,7 @@ import torch
 from ...noise import CounterNoise, NoiseBlock
 from .torch import TorchBackend
 from ..engine import register_backend
-from ..gpu import GpuPolicy, _env_off, _opt_in
+from ..gpu import GpuPolicy, _env_off
 
 __all__ = ["TritonBackend"]
 
@@ -83,7 +83,7 @@ class TritonBackend(GpuPolicy, TorchBackend):
         pooled_chain: the chain of a layer behind a max-pool whose windows tile the plane through the
             ``sparse`` family's Triton kernels, which read dh2 at pooled resolution with the switches
             instead of unpooling it for cuDNN (:mod:`dtp_fast.ops.triton.sparse`). None (default): only
-            with ``DTP_FAST_TRITON_POOLED=1``, until a GPU has measured it against cuDNN.
+            with ``DTP_FAST_POOLED_CHAIN=1``, until a GPU has measured it against cuDNN.
         layer_streams: the conv layers' chains side by side, each on its own CUDA stream (forked from
             and joined to the current stream, inside the CUDA graph too; each layer then takes its own
             momentum step). None (default): only with ``DTP_FAST_LAYER_STREAMS=1``, until measured.
@@ -97,7 +97,6 @@ class TritonBackend(GpuPolicy, TorchBackend):
         self.cuda_graphs = cuda_graphs
         self.tf32, self.deterministic = tf32, deterministic
         self.pooled_chain, self.layer_streams = pooled_chain, layer_streams
-        self._streams: dict = {}     # device -> the side streams of layer_streams
         self.max_graphs = max_graphs
         self.block = block
         self._graphs: OrderedDict = OrderedDict()
@@ -178,14 +177,6 @@ class TritonBackend(GpuPolicy, TorchBackend):
         return A, d2.reshape(n, -1, *d2.shape[1:])
 
     # ------------------------------------------------------------------ the chain
-    def pooled_chain_enabled(self) -> bool:
-        """Whether pooled layers' chains run on the ``sparse`` Triton kernels (see ``pooled_chain``)."""
-        return _opt_in(self.pooled_chain, "DTP_FAST_TRITON_POOLED")
-
-    def layer_streams_enabled(self) -> bool:
-        """Whether the conv layers' chains run side by side on their own streams (see ``layer_streams``)."""
-        return _opt_in(self.layer_streams, "DTP_FAST_LAYER_STREAMS")
-
     def _chain(self, layers, conv, table, losses, most: int, report: str, prepare: bool) -> None:
         """Every iteration of the conv layers ``conv``: interleaved (iteration k of every layer, then one
         momentum step for all of them), or with ``layer_streams`` layer by layer, each on its own CUDA
@@ -194,39 +185,11 @@ class TritonBackend(GpuPolicy, TorchBackend):
             for k in range(most):
                 self._conv_step(k, layers, conv, table, losses, report, prepare)
             return
-        dev = layers[conv[0]].weight.device
-        if dev.type != "cuda":
-            for i in conv:
-                for k in range(layers[i].hp.iterations):
-                    self._conv_step(k, layers, [i], table, losses, report, prepare)
-            return
-        main = torch.cuda.current_stream(dev)
-        streams = self._streams.setdefault(dev, [])
-        streams.extend(torch.cuda.Stream(dev) for _ in range(len(conv) - len(streams)))
-        for i, side in zip(conv, streams):
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                for k in range(layers[i].hp.iterations):
-                    self._conv_step(k, layers, [i], table, losses, report, prepare)
-        for side in streams[:len(conv)]:
-            main.wait_stream(side)
 
-    def conv_chain(self, layer, d2):
-        """With ``pooled_chain``: a layer behind a max-pool whose windows tile the plane, with a stride-1
-        feedback convolution of one group, through the ``sparse`` kernels from the pooled d2."""
-        block, g = layer.block, layer.block.g_op
-        if not (self.pooled_chain_enabled() and layer.switches is not None and block.pool[0] == block.pool[1]
-                and block.pool[2] == (0, 0) and tuple(g.stride) == (1, 1) and g.groups == 1
-                and tuple(g.output_padding) == (0, 0)):
-            return super().conv_chain(layer, d2)
-        from ...ops.triton.sparse import pooled_conv_t, pooled_wgrad
-
-        tf32 = self.tf32_enabled(layer.weight.device)
-        plane, pool = block.pre_pool_shape[1:], block.pool[1]
-        dr_y = pooled_conv_t(d2, layer.unpool_switches, layer.weight, pool, plane, g.padding, g.dilation,
-                             layer.x.shape[2:], tf32=tf32)
-        return dr_y, pooled_wgrad(d2, layer.unpool_switches, dr_y, pool, plane, g.kernel_size, g.padding,
-                                  g.dilation, tf32=tf32)
+        def whole(i):
+            for k in range(layers[i].hp.iterations):
+                self._conv_step(k, layers, [i], table, losses, report, prepare)
+        self.on_streams(layers[conv[0]].weight.device, conv, whole)
 
     @staticmethod
     def _wanted(report: str, lay, k: int) -> bool:
