@@ -20,8 +20,7 @@ from dtp_fast.feedback import (BackendUnavailableError, FeedbackConfig, Feedback
 from dtp_fast.feedback.backends import cuda as cuda_backend
 from dtp_fast.feedback.backends.cuda import CUDA_OPS, cuda_kernels_problem
 from dtp_fast.noise import CounterNoise, ExplicitNoise
-from helpers import (DTYPES, assert_same_feedback, feedback_run, gen, pool_id, require_ext, tiny_net,
-                     triton_device)
+from helpers import DTYPES, assert_same_feedback, feedback_run, gen, pool_id, require_ext, tiny_net
 
 FIX = "pip install --no-build-isolation -e ."
 
@@ -226,44 +225,6 @@ def _three_convs():
                         nn.Conv2d(4, 4, 3, padding=1), nn.ELU(), nn.MaxPool2d(2),
                         nn.Flatten(), nn.Linear(4, 3))
     return dtp_fast.from_sequential(seq, (2, 8, 8))
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_cuda_backend_pooled_chain_with_the_cpu_kernels(dtype, monkeypatch):
-    """pooled_chain=True (or DTP_FAST_POOLED_CHAIN=1): a layer behind a 2x2 pool runs its chain on the sparse
-    Triton kernels (the triton backend's; the interpreter here), one transposed convolution per iteration;
-    a 3/2/1 pool (overlapping windows) keeps the unpooling path. Both equal reference."""
-    require_ext()
-    device = triton_device()
-    from dtp_fast.ops.triton import sparse
-
-    calls = []
-    conv_t = sparse.pooled_conv_t
-    monkeypatch.setattr(sparse, "pooled_conv_t", lambda d2, *a, **k: calls.append(d2.shape) or conv_t(d2, *a, **k))
-    torch.manual_seed(6)
-    cfg = FeedbackConfig(iterations=[4, 3, 2], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
-    for pool, used, switch in (((2, 2, 0), 4, dict(pooled_chain=True)), ((2, 2, 0), 4, {}), ((3, 2, 1), 0, {})):
-        if not switch:
-            monkeypatch.setenv("DTP_FAST_POOLED_CHAIN", "1")
-        calls.clear()
-        net = _net(kernel=3, pool=pool, hw=(10, 8)).to(dtype)
-        x = torch.randn(3, *net.in_shape, dtype=dtype)
-        backend = cuda_backend.CudaBackend(threads=1, tf32=False, **switch)
-        assert backend.pooled_chain_enabled()
-        fast = _train_direct(backend, net.to(device), x.to(device), cfg, CounterNoise(3), None, steps=1)
-        _assert_same(_train(net.cpu(), x, cfg, "reference", CounterNoise(3), None, steps=1), fast, dtype)
-        assert len(calls) == used and all(shape[0] == 2 * 3 for shape in calls), (pool, calls)
-    monkeypatch.delenv("DTP_FAST_POOLED_CHAIN")
-    assert not cuda_backend.CudaBackend().pooled_chain_enabled()
-    # without Triton the switch says what is missing instead of failing deep inside
-    from dtp_fast.ops import triton as kernels
-
-    monkeypatch.setattr(kernels, "available", lambda: False)
-    monkeypatch.setattr(kernels, "load_error", lambda: "triton is not importable (ImportError: x)")
-    with pytest.raises(RuntimeError, match=r"pooled_chain \(DTP_FAST_POOLED_CHAIN\) runs on Triton kernels, and "
-                                           r"triton is not importable .*or leave it off"):
-        _train_direct(cuda_backend.CudaBackend(threads=1, pooled_chain=True), _net(), torch.randn(2, 3, 9, 7),
-                      cfg, CounterNoise(3), None, steps=1)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

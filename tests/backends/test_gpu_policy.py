@@ -1,12 +1,14 @@
 """The GPU policy of the triton and cuda backends (dtp_fast.feedback.gpu), checked on a CPU: the device made
-current for a launch, TF32 through the new fp32_precision API only, determinism, and the stopwatch's device."""
+current for a launch, TF32 through the new fp32_precision API only, determinism, the stopwatch's device, and
+the opt-in pooled chain (the sparse Triton kernels in the interpreter) against reference."""
 import contextlib
 
 import pytest
 import torch
 
-from dtp_fast.feedback import CudaBackend, TritonBackend, gpu
+from dtp_fast.feedback import CudaBackend, FeedbackConfig, TritonBackend, gpu
 from dtp_fast.utils import Stopwatch
+from helpers import DTYPES, assert_same_feedback, feedback_run, require_ext, tiny_net, triton_device
 
 
 @pytest.fixture
@@ -193,3 +195,42 @@ def test_train_runs_inside_the_gpu_context(backend, monkeypatch):
     acts = [torch.zeros(2, 3)]
     assert backend().train(None, acts, [None], [], None, None, 0, "last") == "stats"
     assert seen == [("enter", torch.device("cpu")), ("engine",), ("exit",)]
+
+
+@pytest.mark.parametrize("backend", [TritonBackend, CudaBackend])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pooled_chain_on_the_sparse_kernels_equals_reference(backend, dtype, monkeypatch):
+    """pooled_chain=True (or DTP_FAST_POOLED_CHAIN=1): the chain of a layer behind a 2x2 pool runs on the sparse
+    Triton kernels (both GPU backends; the interpreter here), one transposed convolution per iteration; a 3/2/1
+    pool (overlapping windows) keeps the unpooling path. Both equal reference. Without Triton the switch says
+    what is missing."""
+    device = triton_device()
+    if backend is CudaBackend:
+        require_ext()       # its other ops: the CPU versions of the CUDA kernels here
+    from dtp_fast.ops import triton as kernels
+    from dtp_fast.ops.triton import sparse
+
+    calls = []
+    conv_t = sparse.pooled_conv_t
+    monkeypatch.setattr(sparse, "pooled_conv_t", lambda d2, *a, **k: calls.append(d2.shape) or conv_t(d2, *a, **k))
+    torch.manual_seed(6)
+    cfg = FeedbackConfig(iterations=[4, 3, 2], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
+    for pool, used, switch in (((2, 2, 0), 4, dict(pooled_chain=True)), ((2, 2, 0), 4, {}), ((3, 2, 1), 0, {})):
+        if not switch:
+            monkeypatch.setenv("DTP_FAST_POOLED_CHAIN", "1")
+        calls.clear()
+        net = tiny_net(kernel=3, pool=pool, hw=(10, 8)).to(dtype)
+        x = torch.randn(3, *net.in_shape, dtype=dtype)
+        impl = backend(tf32=False, **switch)
+        assert impl.pooled_chain_enabled()
+        got = feedback_run(net.to(device), x.to(device), cfg, impl, None)
+        assert_same_feedback(feedback_run(net.cpu(), x, cfg, "reference", None), got, dtype)
+        assert len(calls) == used and all(shape[0] == 2 * 3 for shape in calls), (pool, calls)
+    monkeypatch.delenv("DTP_FAST_POOLED_CHAIN")
+    assert not backend().pooled_chain_enabled()
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    monkeypatch.setattr(kernels, "load_error", lambda: "triton is not importable (ImportError: x)")
+    with pytest.raises(RuntimeError, match=r"pooled_chain \(DTP_FAST_POOLED_CHAIN\) runs on Triton kernels, and "
+                                           r"triton is not importable .*or leave it off"):
+        feedback_run(tiny_net().to(device, dtype), torch.randn(2, 3, 9, 7, dtype=dtype, device=device), cfg,
+                     backend(pooled_chain=True), None)

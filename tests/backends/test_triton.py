@@ -102,33 +102,6 @@ def test_triton_backend_batch_one_noncontiguous_lenet_mlp_and_explicit_noise():
                  torch.float64)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_pooled_chain_on_the_sparse_kernels_equals_reference(dtype, monkeypatch):
-    """pooled_chain=True (or DTP_FAST_POOLED_CHAIN=1): the chain of a layer behind a 2x2 pool runs on the sparse
-    Triton kernels, one transposed convolution and one weight gradient per iteration; a 3/2/1 pool (windows that
-    overlap) keeps the unpooling path. Both equal reference."""
-    from dtp_fast.ops.triton import sparse
-
-    calls = []
-    conv_t = sparse.pooled_conv_t
-    monkeypatch.setattr(sparse, "pooled_conv_t", lambda d2, *a, **k: calls.append(d2.shape) or conv_t(d2, *a, **k))
-    torch.manual_seed(6)
-    cfg = FeedbackConfig(iterations=[4, 3, 2], lr=[0.05, 0.05, 0.1], noise=[0.3, 0.2, 0.1], samples=2)
-    for pool, used, switch in (((2, 2, 0), 4, dict(pooled_chain=True)), ((2, 2, 0), 4, {}), ((3, 2, 1), 0, {})):
-        if not switch:
-            monkeypatch.setenv("DTP_FAST_POOLED_CHAIN", "1")
-        calls.clear()
-        net = _net(kernel=3, pool=pool, hw=(10, 8)).to(dtype)
-        x = torch.randn(3, *net.in_shape, dtype=dtype)
-        backend = TritonBackend(tf32=False, **switch)
-        assert backend.pooled_chain_enabled()
-        got = _run(net.to(DEVICE), x.to(DEVICE), cfg, backend, None, steps=1)
-        _assert_same(_run(net.cpu(), x, cfg, "reference", None, steps=1), got, dtype)
-        assert len(calls) == used and all(shape[0] == 2 * 3 for shape in calls), (pool, calls)
-    monkeypatch.delenv("DTP_FAST_POOLED_CHAIN")
-    assert not TritonBackend().pooled_chain_enabled()
-
-
 def test_layer_streams_run_each_layer_whole_and_equal_reference(monkeypatch):
     """layer_streams=True (or DTP_FAST_LAYER_STREAMS=1): each conv layer's chain runs whole, with its own
     momentum steps (on a GPU on its own stream; here in order), and equals reference; with one conv layer,
