@@ -37,7 +37,7 @@ cpp-test: install
 	cd build/cmake && ctest --output-on-failure
 
 # Compile-and-import check of the CUDA build (no GPU needed): its own venv with
-# torch==2.14.1 (CUDA 13), nvcc from CUDA_HOME (default /usr/local/cuda)
+# torch==2.11.0 (CUDA 13) and triton==3.6.0, nvcc from CUDA_HOME (default /usr/local/cuda), and the test suite there
 cuda-check:
 	bash .ci/cuda_check.sh
 

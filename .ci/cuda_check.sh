@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# CI: compile-and-import check of the CUDA build (no GPU needed).
+# CI: the CUDA build and the whole test suite on the GPU machines' stack, without a GPU.
 #
-# Builds dtp_fast with its CUDA kernels (csrc/cuda/) against a CUDA 13 build of
-# torch and nvcc from CUDA_HOME, for one architecture, in a separate venv and
+# In a separate venv with the oldest supported versions, the ones the GPU machines
+# have (torch 2.11, a CUDA 13 build; triton 3.6, whose interpreter needs numpy < 2.4),
+# installs dtp_fast as the README says (editable, --no-build-isolation) with its
+# CUDA kernels (csrc/cuda/) compiled by nvcc from CUDA_HOME for one architecture,
 # from a copy of the working tree (the project's .venv and its in-tree
-# dtp_fast/_C*.so are not touched), then imports it and checks that the build
-# reports CUDA and that every CUDA op has a kernel for the CUDA dispatch key.
-# Finally runs tests/backends/test_cuda.py and tests/ops/ there (the GPU tests skip without a GPU).
+# dtp_fast/_C*.so are not touched). Then checks that the build reports CUDA and
+# that every CUDA op has a kernel for the CUDA dispatch key, and runs the whole
+# test suite there (the GPU tests skip without a GPU; the Triton kernels run in
+# triton 3.6's interpreter).
 #
 # Environment: CUDA_HOME (default /usr/local/cuda), CUDA_CHECK_VENV (default
-# /tmp/dtp_fast-cuda-check-venv: outside the tree, reused by later runs), CUDA_CHECK_TORCH (default torch==2.14.1, whose default wheel is
-# built with CUDA 13), TORCH_CUDA_ARCH_LIST (default 9.0).
+# /tmp/dtp_fast-cuda-check-venv: outside the tree, reused by later runs), CUDA_CHECK_TORCH (default torch==2.11.0,
+# whose default wheel is built with CUDA 13), CUDA_CHECK_TRITON (default triton==3.6.0), TORCH_CUDA_ARCH_LIST
+# (default 9.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 VENV=${CUDA_CHECK_VENV:-${TMPDIR:-/tmp}/dtp_fast-cuda-check-venv}
-TORCH_SPEC=${CUDA_CHECK_TORCH:-torch==2.14.1}
+TORCH_SPEC=${CUDA_CHECK_TORCH:-torch==2.11.0}
+TRITON_SPEC=${CUDA_CHECK_TRITON:-triton==3.6.0}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-2}
 start=$(date +%s)
@@ -30,21 +35,25 @@ fi
 "$CUDA_HOME/bin/nvcc" --version | tail -n 2
 
 test -x "$VENV/bin/python" || python3 -m venv "$VENV"
-pip_q install -q "$TORCH_SPEC" numpy ninja setuptools wheel pybind11 pytest
-"$VENV/bin/python" -c 'import torch; print("cuda-check: torch", torch.__version__, "CUDA", torch.version.cuda)'
+pip_q install -q "$TORCH_SPEC" "$TRITON_SPEC" "numpy<2.4" ninja setuptools wheel pybind11 pytest
+"$VENV/bin/python" -c 'import torch, triton; print("cuda-check: torch", torch.__version__, "CUDA", torch.version.cuda,
+                                                   "triton", triton.__version__)'
 echo "cuda-check: venv ready after $(( $(date +%s) - start )) s"
 
 SRC=$(mktemp -d)
 trap 'rm -rf "$SRC"' EXIT
-# tracked and untracked, not ignored files: no build outputs, no venvs
+# the repository (so that results name their commit, +dirty for local changes), then over it the tracked
+# and untracked, not ignored files as they are here: no build outputs, no venvs
+git clone -q --no-checkout "$ROOT" "$SRC"
 git ls-files -z --cached --others --exclude-standard | tar -cf - --null -T - | tar -xf - -C "$SRC"
-(cd "$SRC" && DTP_FAST_FORCE_CUDA=1 pip_q install -q --no-build-isolation .)
+git -C "$SRC" reset -q
+(cd "$SRC" && DTP_FAST_FORCE_CUDA=1 pip_q install -q --no-build-isolation -e ".[test]")
 echo "cuda-check: built after $(( $(date +%s) - start )) s"
 
-# From outside the source trees, so that the installed package is imported.
 cd "$SRC/tests"
-"$VENV/bin/python" - <<'EOF'
+SRC=$SRC "$VENV/bin/python" - <<'EOF'
 import json
+import os
 
 import torch
 
@@ -52,7 +61,7 @@ import dtp_fast
 from dtp_fast import _ext
 from dtp_fast.feedback.backends.cuda import CUDA_OPS, cuda_kernels_problem
 
-assert "site-packages" in dtp_fast.__file__, dtp_fast.__file__
+assert dtp_fast.__file__.startswith(os.path.realpath(os.environ["SRC"])), dtp_fast.__file__
 assert _ext.available(), _ext.load_error()
 info = _ext.build_info()
 print("cuda-check: build_info", json.dumps({k: info[k] for k in ("torch_version", "with_cuda", "cuda_version")}))
@@ -66,5 +75,6 @@ for op in CUDA_OPS:
 assert cuda_kernels_problem() is None, cuda_kernels_problem()
 print("cuda-check: CUDA kernels registered for", ", ".join(CUDA_OPS))
 EOF
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$SRC/tests/backends/test_cuda.py" "$SRC/tests/ops"
+cd "$SRC"
+DTP_FAST_REQUIRE_EXT=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider
 echo "cuda-check: passed in $(( $(date +%s) - start )) s"

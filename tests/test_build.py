@@ -6,6 +6,7 @@ DTP_FAST_REQUIRE_EXT=1 (set in CI), in which case they fail.
 
 
 import os
+import pathlib
 import runpy
 
 import pytest
@@ -161,3 +162,16 @@ def test_portable_paths_of_the_avx512_kernels_give_the_same_results():
                           capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+def test_every_package_folder_goes_into_the_wheel():
+    """pyproject.toml finds packages by ``dtp_fast*`` and their __init__.py: a folder of modules without one
+    (say a new kernel family) would be left out of a non-editable install, with no error until its import."""
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"] == {
+        "include": ["dtp_fast*"]}
+    folders = {p.parent for p in (root / "dtp_fast").rglob("*.py")}
+    assert root / "dtp_fast" / "ops" / "triton" in folders
+    assert [str(f) for f in sorted(folders) if not (f / "__init__.py").exists()] == []
