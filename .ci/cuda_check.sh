@@ -2,7 +2,7 @@
 # CI: the CUDA build and the whole test suite on the GPU machines' stack, without a GPU.
 #
 # In a separate venv with the oldest supported versions, the ones the GPU machines
-# have (torch 2.11, a CUDA 13 build; triton 3.6, whose interpreter needs numpy < 2.4),
+# have (Python 3.12 where there is one; torch 2.11, a CUDA 13 build; triton 3.6, whose interpreter needs numpy < 2.4),
 # installs dtp_fast as the README says (editable, --no-build-isolation) with its
 # CUDA kernels (csrc/cuda/) compiled by nvcc from CUDA_HOME for one architecture,
 # from a copy of the working tree (the project's .venv and its in-tree
@@ -11,7 +11,8 @@
 # test suite there (the GPU tests skip without a GPU; the Triton kernels run in
 # triton 3.6's interpreter).
 #
-# Environment: CUDA_HOME (default /usr/local/cuda), CUDA_CHECK_VENV (default
+# Environment: CUDA_HOME (default /usr/local/cuda), CUDA_CHECK_PYTHON (default: a Python 3.12 if one runs
+# here, else python3), CUDA_CHECK_VENV (default
 # /tmp/dtp_fast-cuda-check-venv: outside the tree, reused by later runs), CUDA_CHECK_TORCH (default torch==2.11.0,
 # whose default wheel is built with CUDA 13), CUDA_CHECK_TRITON (default triton==3.6.0), TORCH_CUDA_ARCH_LIST
 # (default 9.0).
@@ -34,10 +35,18 @@ if [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
 fi
 "$CUDA_HOME/bin/nvcc" --version | tail -n 2
 
-test -x "$VENV/bin/python" || python3 -m venv "$VENV"
+# Python 3.12 where there is one (the GPU machines'), else python3; CUDA_CHECK_PYTHON overrides
+venv_python() {
+  if [ -n "${CUDA_CHECK_PYTHON:-}" ]; then echo "$CUDA_CHECK_PYTHON"; return; fi
+  for p in python3.12 "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12; do
+    if "$p" -c '' 2>/dev/null; then echo "$p"; return; fi
+  done
+  echo python3
+}
+test -x "$VENV/bin/python" || "$(venv_python)" -m venv "$VENV"
 pip_q install -q "$TORCH_SPEC" "$TRITON_SPEC" "numpy<2.4" ninja setuptools wheel pybind11 pytest
-"$VENV/bin/python" -c 'import torch, triton; print("cuda-check: torch", torch.__version__, "CUDA", torch.version.cuda,
-                                                   "triton", triton.__version__)'
+"$VENV/bin/python" -c 'import sys, torch, triton; print("cuda-check: Python", sys.version.split()[0], "torch", torch.__version__,
+                                                        "CUDA", torch.version.cuda, "triton", triton.__version__)'
 echo "cuda-check: venv ready after $(( $(date +%s) - start )) s"
 
 SRC=$(mktemp -d)
