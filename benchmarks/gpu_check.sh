@@ -6,7 +6,8 @@
 #
 # 1. builds dtp_fast._C in place with its CUDA kernels for one architecture (TORCH_CUDA_ARCH_LIST, default
 #    9.0; DTP_FAST_FORCE_CUDA=1: fails if the CUDA kernels cannot be built), against the installed torch;
-# 2. runs the tests that need a GPU (pytest -m gpu): the CUDA and compiled Triton cases of every op and backend,
+# 2. runs the tests that need a GPU (pytest -m gpu): the CUDA and compiled Triton cases of every op and backend
+#    (tests marked triton are gpu tests on a GPU: tests/conftest.py),
 #    for at most GPU_CHECK_TEST_SECONDS (default 240; then interrupted, with what ran reported);
 # 3. runs benchmarks/gpu_check.py twice: every backend against reference, TF32, and the timings of the feedback
 #    phase per backend, a whole L-DRL step and a backprop step, at the paper's CIFAR-10 shapes (SimpleVGG full

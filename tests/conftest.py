@@ -1,7 +1,9 @@
-"""Test configuration: the Triton interpreter without a GPU, the ``gpu`` marker, the ``ext`` fixture.
+"""Test configuration: the Triton interpreter without a GPU, the ``gpu`` and ``triton`` markers, the ``ext`` fixture.
 
 Tests marked ``gpu`` need a usable CUDA device: without one they skip, with the reason, and the
-terminal summary says how many did. ``DTP_FAST_REQUIRE_EXT=1`` (CI) makes a missing compiled op,
+terminal summary says how many did. Tests marked ``triton`` run Triton kernels: in the interpreter
+without a GPU, compiled with one, where they are marked ``gpu`` too (so that ``pytest -m gpu``, what
+benchmarks/gpu_check.sh runs, includes them). ``DTP_FAST_REQUIRE_EXT=1`` (CI) makes a missing compiled op,
 or a missing / too old triton where it could run, fail instead of skip (tests/helpers.py).
 """
 import os
@@ -28,6 +30,10 @@ def _no_gpu_reason():
 def pytest_collection_modifyitems(config, items):
     reason = _no_gpu_reason()
     if reason is None:
+        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            for item in items:
+                if item.get_closest_marker("triton") is not None:
+                    item.add_marker(pytest.mark.gpu)
         return
     skip = pytest.mark.skip(reason=reason)
     for item in items:

@@ -146,18 +146,22 @@ def triton_device() -> str:
 COMPILED, CUDA, TRITON = "cpu", "cuda", "triton"
 
 
+_MARKS = {CUDA: [pytest.mark.gpu], TRITON: [pytest.mark.triton]}
+
+
 def impls(*names):
-    """pytest parameters over implementation names; the CUDA one carries the ``gpu`` marker."""
-    return [pytest.param(n, marks=pytest.mark.gpu) if n == CUDA else n for n in names]
+    """pytest parameters over implementation names; the CUDA one carries the ``gpu`` marker, the Triton one the
+    ``triton`` marker (which conftest.py makes ``gpu`` too on a GPU, where the kernels run compiled)."""
+    return [pytest.param(n, marks=_MARKS.get(n, [])) for n in names]
 
 
 def impl_cases(per_impl: dict) -> list:
     """pytest parameters ``(impl, *case)`` from ``{impl: [case, ...]}``: each implementation keeps its own
-    cases (an interpreted Triton kernel cannot afford the compiled kernels' grids); CUDA ones are marked gpu."""
+    cases (an interpreted Triton kernel cannot afford the compiled kernels' grids); marked as in :func:`impls`."""
     def id_of(c):
         return pool_id(c) if c in POOLS + [(2, 1, 1)] else str(c).replace(" ", "")
 
-    return [pytest.param(impl, *case, marks=[pytest.mark.gpu] if impl == CUDA else [],
+    return [pytest.param(impl, *case, marks=_MARKS.get(impl, []),
                          id="-".join([impl] + [id_of(c) for c in case]))
             for impl, cases in per_impl.items() for case in cases]
 

@@ -46,3 +46,37 @@ def test_the_prepared_gpu_check_script_runs_on_cpu(tmp_path):
         assert (tmp_path / found[0].replace(".json", ".md")).exists()
     assert "gpu test(s) skipped" in (tmp_path / "gpu-tests.log").read_text()
     assert "backend" in (tmp_path / "info.txt").read_text()
+
+
+def test_on_a_gpu_the_triton_tests_are_gpu_tests(monkeypatch):
+    """What gpu_check.sh runs, ``pytest -m gpu``, includes the tests of the Triton kernels on a GPU (compiled
+    there; marked ``triton``): conftest.py marks them ``gpu`` when a GPU is usable and Triton does not interpret.
+    Without a GPU, or under the interpreter, they stay ordinary tests."""
+    import conftest
+
+    class Item:
+        def __init__(self, *marks):
+            self.marks = set(marks)
+
+        def get_closest_marker(self, name):
+            return name if name in self.marks else None
+
+        def add_marker(self, mark):
+            self.marks.add(mark.name)
+
+    def collect(gpu_reason, interpret):
+        monkeypatch.setattr(conftest, "_no_gpu_reason", lambda: gpu_reason)
+        monkeypatch.setenv("TRITON_INTERPRET", interpret)
+        items = [Item("triton"), Item(), Item("gpu")]
+        conftest.pytest_collection_modifyitems(None, items)
+        return [sorted(m for m in i.marks if m != "skip") for i in items]
+
+    assert collect(None, "0") == [["gpu", "triton"], [], ["gpu"]]
+    assert collect(None, "1") == [["triton"], [], ["gpu"]]
+    assert collect("no GPU", "1") == [["triton"], [], ["gpu"]]
+    # and the marker is where the Triton kernels are tested: every op family's Triton cases and the backend
+    ids = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-m", "triton", "-p", "no:cacheprovider"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT).stdout
+    for where in ("tests/ops/test_noise.py", "tests/ops/test_dh.py", "tests/ops/test_sgd.py", "tests/ops/test_chain.py",
+                  "tests/ops/test_sparse.py", "tests/backends/test_triton.py", "tests/backends/test_gpu_policy.py"):
+        assert where + "::" in ids, where

@@ -8,7 +8,8 @@ import torch
 
 from dtp_fast.feedback import CudaBackend, FeedbackConfig, TritonBackend, gpu
 from dtp_fast.utils import Stopwatch
-from helpers import DTYPES, assert_same_feedback, feedback_run, require_ext, tiny_net, triton_device
+from helpers import (DTYPES, assert_same_feedback, feedback_run, require_cuda_ops, require_ext, tiny_net,
+                     triton_device)
 
 
 @pytest.fixture
@@ -197,6 +198,7 @@ def test_train_runs_inside_the_gpu_context(backend, monkeypatch):
     assert seen == [("enter", torch.device("cpu")), ("engine",), ("exit",)]
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("backend", [TritonBackend, CudaBackend])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_pooled_chain_on_the_sparse_kernels_equals_reference(backend, dtype, monkeypatch):
@@ -205,8 +207,8 @@ def test_pooled_chain_on_the_sparse_kernels_equals_reference(backend, dtype, mon
     pool (overlapping windows) keeps the unpooling path. Both equal reference. Without Triton the switch says
     what is missing."""
     device = triton_device()
-    if backend is CudaBackend:
-        require_ext()       # its other ops: the CPU versions of the CUDA kernels here
+    if backend is CudaBackend:    # its other ops: their CUDA kernels on a GPU, their CPU versions here
+        require_cuda_ops() if device == "cuda" else require_ext()
     from dtp_fast.ops import triton as kernels
     from dtp_fast.ops.triton import sparse
 

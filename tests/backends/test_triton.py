@@ -31,6 +31,7 @@ else:
     pytest.skip("no GPU and TRITON_INTERPRET is not set: Triton kernels cannot run", allow_module_level=True)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.triton     # with a GPU: compiled, and selected by pytest -m gpu (conftest.py)
 
 
 def needs_gpu(test):

@@ -387,6 +387,7 @@ def test_noisy_unpool_diff_duplicates_last_write_wins(impl, dtype, act):
         assert_exact(out, activate(torch.tensor([[[[-6.0, 0, 0]]], [[[4.0, 0, 0]]]], dtype=dtype), act))
 
 
+@pytest.mark.triton
 def test_noisy_unpool_diff_identity_duplicates_exact_in_triton():
     """Overlapping 3/2/1 windows that pick the same input: the last pooled position (row-major) wins."""
     device = impl_device(TRITON)
@@ -525,6 +526,7 @@ def test_noisy_unpool_diff_philox_errors(ext):
     assert op(y, 0.1, i, h0, 1, [6, 6], 0, 0, 0, 0, 1, 0).shape == (0, 3, 6, 6)
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("pool_name", ["2x2/2", "3/2/1", "linear"])
 def test_triton_dh2_in_kernel_noise_equals_the_torch_backend(pool_name):
     """dh2 with dy drawn in the kernel = the torch backend's dh2 on the materialised counter noise; both at the

@@ -102,6 +102,7 @@ def test_opcheck(impl):
 
 
 # ---------------------------------------------------------------------------- the Triton kernel's blocks
+@pytest.mark.triton
 def test_triton_noise_fill_blocks_rows_and_channels_last_layout():
     device = impl_device(TRITON)
     from dtp_fast.ops.triton import noise as knoise
@@ -119,6 +120,7 @@ def test_triton_noise_fill_blocks_rows_and_channels_last_layout():
     assert torch.equal(out64.cpu(), want64)
 
 
+@pytest.mark.triton
 def test_triton_noise_statistics_across_iterations_samples_and_rows():
     device = impl_device(TRITON)
     from dtp_fast.ops.triton import noise as knoise
@@ -143,6 +145,7 @@ def test_triton_noise_statistics_across_iterations_samples_and_rows():
     assert abs(lag) < 5 / math.sqrt(N)                      # and between neighbouring elements
 
 
+@pytest.mark.triton
 def test_triton_noisy_input_equals_the_torch_backend():
     device = impl_device(TRITON)
     from dtp_fast.feedback import TorchBackend

@@ -110,6 +110,7 @@ def test_momentum_sgd_errors(ext):
         ops.momentum_sgd_([p], [p.clone()], [p.contiguous(memory_format=torch.channels_last)], 0.1, 0.9, 0.0)
 
 
+@pytest.mark.triton
 def test_triton_momentum_with_the_ldrl_gradient():
     """g = gs * (quad - A) + wd * V, as the torch engine's gradient() and apply()."""
     device = impl_device(TRITON)

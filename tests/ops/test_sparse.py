@@ -209,6 +209,7 @@ def test_pooled_chain_refuses_bad_input_and_passes_opcheck():
 TILING = [name for name, case in CASES.items() if case[4][0] == case[4][1] and case[4][2] == (0, 0)]
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", TILING)
 def test_triton_pooled_chain_equals_reference(name, dtype):
@@ -235,6 +236,7 @@ def test_triton_pooled_chain_equals_reference(name, dtype):
     assert_close_within(auto.cpu(), want_grad, what=f"wgrad {name} (parts chosen)", **TOL[dtype])
 
 
+@pytest.mark.triton
 def test_triton_pooled_chain_refuses_bad_input():
     from dtp_fast.ops.triton.sparse import pooled_conv_t, pooled_wgrad
 
