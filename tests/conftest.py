@@ -27,6 +27,7 @@ def _no_gpu_reason():
     return None
 
 
+@pytest.hookimpl(tryfirst=True)   # before pytest's own -m selection, which must see the gpu marks added here
 def pytest_collection_modifyitems(config, items):
     reason = _no_gpu_reason()
     if reason is None:
