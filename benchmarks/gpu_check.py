@@ -210,7 +210,8 @@ def _targets(res: dict, on_gpu: bool) -> dict:
 def to_markdown(res: dict) -> str:
     lines = [f"# gpu_check on {res['device']} ({res['torch_device']}), {res['date']}", "",
              f"torch {res['versions']['torch']}, triton {res['versions'].get('triton')}, CUDA "
-             f"{res['cuda_version']}, dtp_fast {res['versions']['dtp_fast']}; {res['elapsed_seconds']:.0f} s in all.",
+             f"{res['cuda_version']}, dtp_fast {res['versions']['dtp_fast']}; {res['elapsed_seconds']:.0f} s in all."
+             + bench.environment_text(res),
              "", "## Backends against `reference` (float32, TF32 off, same counter-based noise, 3 batches)", "",
              "| backend | case | result | max abs diff | worst diff / tolerance | chain |", "|---|---|---|---:|---:|---|"]
     for c in res["correctness"]:

@@ -365,6 +365,12 @@ _METHOD_TEXT = {"proc_vmhwm": "peak RSS growth (VmHWM)", "getrusage_maxrss": "pe
                 "cuda_max_memory_allocated": "CUDA max_memory_allocated growth"}
 
 
+def environment_text(res: dict) -> str:
+    """`` Environment: `DTP_FAST_X=1`, ...`` for the settings a results file recorded (empty without any)."""
+    env = res.get("environment") or {}
+    return (" Environment: " + ", ".join(f"`{k}={v}`" for k, v in env.items()) + ".") if env else ""
+
+
 def to_markdown(res: dict) -> str:
     arch = "channels " + ",".join(map(str, res["channels"]))
     if "hidden" in res:
@@ -375,7 +381,8 @@ def to_markdown(res: dict) -> str:
         f"torch {res['versions']['torch']}, "
         f"dtp_fast {res['versions']['dtp_fast']}: {res['net']} width {res['width']:g} ({arch}), batch "
         f"{res['batch_size']}, {res['dtype']}, feedback iterations {','.join(map(str, res['iterations']))}; "
-        f"median of {res['repeats']} runs after 1 warm-up; memory: {_METHOD_TEXT.get(res['peak_memory_method'])}.",
+        f"median of {res['repeats']} runs after 1 warm-up; memory: {_METHOD_TEXT.get(res['peak_memory_method'])}."
+        + environment_text(res),
         "",
         "| what | seconds (median) | speedup vs reference | peak memory MiB | memory vs reference |",
         "|---|---:|---:|---:|---:|",

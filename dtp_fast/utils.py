@@ -235,13 +235,20 @@ def command_line() -> str:
     return shlex.join(head + argv[1:])
 
 
+def settings_from_environment() -> dict:
+    """The environment variables that change what dtp_fast runs (``DTP_FAST_*``: backends' switches such as
+    ``DTP_FAST_POOLED_CHAIN`` or ``DTP_FAST_NO_AVX512``) or how fast (``OMP_NUM_THREADS``), as set here."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("DTP_FAST_") or k == "OMP_NUM_THREADS"}
+
+
 def origin() -> dict:
-    """What a results file records of where it came from: ``command``, ``commit``, ``machine`` and
-    ``date`` (UTC)."""
+    """What a results file records of where it came from: ``command``, ``commit``, ``machine``, ``date``
+    (UTC) and ``environment`` (:func:`settings_from_environment`)."""
     import datetime
 
     return {"command": command_line(), "commit": git_commit(), "machine": machine_name(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "environment": settings_from_environment()}
 
 
 def positive_int(text: str) -> int:

@@ -32,7 +32,8 @@ def test_the_prepared_gpu_check_script_runs_on_cpu(tmp_path):
     GPU backends' opt-in chain, each with JSON and markdown."""
     import os
 
-    env = dict(os.environ, GPU_CHECK_SKIP_BUILD="1", PYTHON=sys.executable)
+    env = {k: v for k, v in os.environ.items() if k not in ("DTP_FAST_POOLED_CHAIN", "DTP_FAST_LAYER_STREAMS")}
+    env.update(GPU_CHECK_SKIP_BUILD="1", PYTHON=sys.executable)
     cmd = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--device", "cpu", "--width", "0.125",
            "--batch-size", "4", "--quick"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
@@ -43,7 +44,12 @@ def test_the_prepared_gpu_check_script_runs_on_cpu(tmp_path):
         assert len(found) == 1, names
         res = json.loads((tmp_path / found[0]).read_text())
         assert res["label"] == label and res["commit"] and res["command"].startswith("python benchmarks/gpu_check.py")
-        assert (tmp_path / found[0].replace(".json", ".md")).exists()
+        # the switches a run had are in its results (the opt-in chain's run: both set by the script)
+        switches = {k: res["environment"].get(k) for k in ("DTP_FAST_POOLED_CHAIN", "DTP_FAST_LAYER_STREAMS")}
+        on = label.endswith("pooled-streams")
+        assert switches == dict.fromkeys(switches, "1" if on else None), (label, res["environment"])
+        md = (tmp_path / found[0].replace(".json", ".md")).read_text()
+        assert ("`DTP_FAST_POOLED_CHAIN=1`" in md) == on
     assert "gpu test(s) skipped" in (tmp_path / "gpu-tests.log").read_text()
     assert "backend" in (tmp_path / "info.txt").read_text()
 
