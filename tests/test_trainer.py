@@ -1,5 +1,6 @@
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -139,9 +140,17 @@ def test_cli_help_explains_every_option(capsys):
         assert opt in text, opt
 
 
-def test_cli_info_json(capsys):
+def test_cli_info_json(capsys, monkeypatch):
+    for k in [k for k in os.environ if k.startswith("DTP_FAST_") or k == "OMP_NUM_THREADS"]:
+        monkeypatch.delenv(k)
+    assert main(["info"]) == 0
+    assert "settings: no DTP_FAST_* or OMP_NUM_THREADS variable set" in capsys.readouterr().out
+    monkeypatch.setenv("DTP_FAST_POOLED_CHAIN", "1")   # the settings in effect are shown
+    assert main(["info"]) == 0
+    assert "settings: DTP_FAST_POOLED_CHAIN=1\n" in capsys.readouterr().out
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
+    assert info["environment"] == {"DTP_FAST_POOLED_CHAIN": "1"}
     assert info["backends"]["cpu"]["reference"]["usable"] is True
     assert "torch" in info["versions"]
     assert "available" in info["compiled_extension"]

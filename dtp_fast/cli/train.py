@@ -280,7 +280,7 @@ def cmd_info(args) -> int:
     from .. import _ext
     from ..feedback import auto_memory_budget, available_backends
     from ..feedback.memory import CPU_AUTO_ITERATIONS, CPU_CHUNK_BYTES
-    from ..utils import versions
+    from ..utils import settings_from_environment, versions
 
     devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
     info = {
@@ -293,6 +293,7 @@ def cmd_info(args) -> int:
         "feedback_memory_mib": {d: dict(zip(("auto_budget", "available"),
                                             (round(b / 2**20, 1) for b in auto_memory_budget(d))))
                                 for d in devices},
+        "environment": settings_from_environment(),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -312,6 +313,9 @@ def cmd_info(args) -> int:
                 f"work per layer, at most {m['auto_budget']:.0f} MiB,")
         print(f"  feedback memory on {d:<7}: {what} by default (--feedback-memory), "
               f"of {m['available']:.0f} MiB available")
+    env = info["environment"]
+    print(f"{'settings':>10}: " + (", ".join(f"{k}={v}" for k, v in env.items()) if env else
+                                   "no DTP_FAST_* or OMP_NUM_THREADS variable set"))
     return 0
 
 
